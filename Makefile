@@ -1,0 +1,53 @@
+# The two commands: `make demo` and `make test`. Both do all set-up on a fresh
+# Debian bookworm / Raspberry Pi OS machine: system packages (when run as root),
+# the virtualenv in .venv, and the project installed into it.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages the tests and the demo need. Installed only when missing, only as root.
+SYSTEM_PACKAGES := python3-venv python3-dev gcc openssl ca-certificates
+APT := apt-get -o DPkg::Lock::Timeout=300 -y -q
+
+.PHONY: all demo test lint typecheck pytest sysdeps venv clean
+
+all: test
+
+sysdeps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	        echo "installing system packages: $$missing"; \
+	        $(APT) update && DEBIAN_FRONTEND=noninteractive $(APT) install --no-install-recommends $$missing; \
+	    else \
+	        echo "missing system packages (run as root to install them): $$missing" >&2; \
+	    fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | sysdeps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check agent hal devcloud tests bench deploy
+	$(VENV)/bin/ruff format --check agent hal devcloud tests bench deploy
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+demo: venv
+	$(PY) deploy/demo.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Hardware abstraction layer: I2C buses, sensor drivers, GPIO, register-level mocks."""
