@@ -1,0 +1,122 @@
+"""Every error the agent raises, rooted in :class:`AgentError`.
+
+Leaves also subclass the fitting builtin, so callers that only know Python's
+exceptions still catch them sensibly. Errors carry data, not just text. Library
+exceptions (paho, ssl, cryptography, OSError) are translated at the boundary
+with ``raise ... from exc``. The CLI maps classes to exit codes (see :data:`EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+    exit_code: int = EX_FAILURE
+
+
+class ConfigError(AgentError, ValueError):
+    """The configuration cannot be used. Names the file and the key at fault."""
+
+    exit_code = EX_CONFIG
+
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.problem = problem
+        where = f"{self.path}: {key}" if key else str(self.path)
+        super().__init__(f"{where}: {problem}")
+
+
+class KeystoreError(AgentError):
+    """The device identity (certificate, key, chain) cannot be used."""
+
+    exit_code = EX_CONFIG
+
+    def __init__(self, message: str, *, path: Path | None = None, fix: str | None = None) -> None:
+        self.path = path
+        self.fix = fix
+        text = message if path is None else f"{path}: {message}"
+        if fix:
+            text = f"{text} (fix: {fix})"
+        super().__init__(text)
+
+
+class KeyPermissionError(KeystoreError, PermissionError):
+    """The private key file is readable by group or others."""
+
+
+class CertificateInvalidError(KeystoreError, ValueError):
+    """Expired, not yet valid, key mismatch, or a chain that does not build."""
+
+
+class StateError(AgentError, ValueError):
+    """The state file is corrupt, of another schema, or bound to another identity."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class ProtocolError(AgentError, ValueError):
+    """A message from the cloud that does not follow the DPS / IoT Hub protocol."""
+
+
+class TransportError(AgentError, ConnectionError):
+    """The network, TLS or MQTT layer failed (transient unless said otherwise)."""
+
+
+class ConnectionRefusedByServer(TransportError):
+    """The server answered CONNACK with a non-zero return code."""
+
+    def __init__(self, return_code: int, endpoint: str) -> None:
+        self.return_code = return_code
+        self.endpoint = endpoint
+        super().__init__(f"{endpoint} refused the connection (CONNACK {return_code})")
+
+    @property
+    def is_rejection(self) -> bool:
+        """CONNACK 4/5: the server does not accept this device (not a transient failure)."""
+        return self.return_code in (4, 5)
+
+
+class ProvisioningError(AgentError):
+    """DPS answered, and the answer was not an assignment."""
+
+    def __init__(self, status: int, message: str, *, retry_after_s: float | None = None) -> None:
+        self.status = status
+        self.retry_after_s = retry_after_s
+        super().__init__(f"DPS status {status}: {message}")
+
+
+class ThrottledError(ProvisioningError):
+    """DPS answered 429: slow down, honouring ``retry_after_s`` when given."""
+
+
+class BudgetExhaustedError(AgentError):
+    """The on-disk reprovisioning budget is spent; the agent must wait."""
+
+    exit_code = EX_TEMPFAIL
+
+    def __init__(self, retry_at_s: float) -> None:
+        self.retry_at_s = retry_at_s
+        super().__init__(f"reprovisioning budget spent; next attempt allowed at t={retry_at_s:.0f}")
+
+
+class MethodError(AgentError, ValueError):
+    """A direct method request that cannot be honoured; ``status`` is the reply code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
