@@ -1,0 +1,575 @@
+"""The agent's configuration: one TOML file, loaded into frozen dataclasses.
+
+Theory of operation
+-------------------
+:func:`load_config` reads the file with :mod:`tomllib` and hands the parsed tables to
+:func:`parse_config`, the one place where every key is validated. Every problem —
+a missing file, a TOML syntax error (with its line), an unknown section or key, a
+wrong type, an out-of-range value — is raised as :class:`~agent.errors.ConfigError`
+naming the file, the dotted key (``dps.port``) and what was expected; nothing else
+escapes, whatever the file holds. The CLI turns that error into exit code 78 (EX_CONFIG),
+which the systemd unit lists in ``RestartPreventExitStatus=``.
+
+Rules:
+
+* Units are in the key names (``interval_s``, ``keep_alive_s``); integers are accepted
+  where a float is expected, booleans never are where a number is.
+* Relative paths resolve against the directory of the config file, so a config and the
+  certificates beside it can be moved together.
+* Secrets are never in the config, only paths to them (``key_passphrase_file``).
+* Sections with only defaulted keys may be left out; ``[identity]``, ``[dps]`` (for
+  ``id_scope``) and ``[hal]`` (for ``backend``: the mock HAL is chosen explicitly, never
+  as a fallback) are required.
+
+The path comes from the ``--config`` flag, else ``$DEVICE_AGENT_CONFIG``, else
+:data:`DEFAULT_CONFIG_PATH` (see :func:`resolve_config_path`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, TypeVar, cast
+
+from agent.errors import ConfigError
+from hal.sensor import SensorSpec
+
+__all__ = [
+    "CONFIG_ENV_VAR",
+    "DEFAULT_CONFIG_PATH",
+    "AgentConfig",
+    "DpsConfig",
+    "HalConfig",
+    "HubConfig",
+    "IdentityConfig",
+    "LifecycleConfig",
+    "LogConfig",
+    "StateConfig",
+    "TelemetryConfig",
+    "load_config",
+    "parse_config",
+    "resolve_config_path",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/device-agent/agent.toml")
+CONFIG_ENV_VAR = "DEVICE_AGENT_CONFIG"
+
+TransportKind = Literal["mqtt", "websockets"]
+HalBackend = Literal["smbus", "mock"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_PORT = 65535
+# MQTT keep-alive as IoT Hub accepts it (the hub's upper bound is 1767 s).
+MAX_KEEP_ALIVE_S = 1767
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-:]*[A-Za-z0-9])?$")
+_ID_SCOPE_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
+# DPS: up to 128 characters of alphanumerics and - . _ : , ending alphanumeric or '-'.
+_REGISTRATION_ID_RE = re.compile(r"^[A-Za-z0-9\-._:]{0,127}[A-Za-z0-9\-]$")
+_API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+_PIN_NAME_RE = re.compile(r"^[A-Za-z0-9_:]{1,32}$")
+_SENSOR_PART_RE = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdentityConfig:
+    """Where the device's X.509 identity lives (paths only; no secret in the config)."""
+
+    keystore: Literal["file"] = "file"
+    cert_chain_path: Path
+    key_path: Path
+    key_passphrase_file: Path | None = None
+    trust_anchor_paths: tuple[Path, ...] = ()
+    #: ``None``: the certificate's CN is the registration id.
+    registration_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DpsConfig:
+    """The Device Provisioning Service to register with."""
+
+    host: str = "global.azure-devices-provisioning.net"
+    port: int = 8883
+    id_scope: str
+    #: ``None``: the system trust store verifies the server.
+    server_ca_path: Path | None = None
+    transport: TransportKind = "mqtt"
+    ws_port: int = 443
+    api_version: str = "2019-03-31"
+    #: Extra registration payload for custom allocation (JSON-compatible, read-only).
+    payload: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubConfig:
+    """How to reach whichever IoT Hub DPS assigns (the hostname comes from DPS)."""
+
+    port: int = 8883
+    ws_port: int = 443
+    transport: TransportKind = "mqtt"
+    server_ca_path: Path | None = None
+    keep_alive_s: int = 60
+    api_version: str = "2021-04-12"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LifecycleConfig:
+    """Retry and reprovisioning policy (see :mod:`agent.lifecycle`)."""
+
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+    long_outage_s: float = 1200.0
+    dps_backoff_cap_s: float = 600.0
+    #: Slow retry after DPS answered 401/404.
+    rejected_retry_s: float = 300.0
+    reprovision_budget: int = 6
+    reprovision_window_s: float = 3600.0
+    connect_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryConfig:
+    """Sampling and publishing of telemetry."""
+
+    interval_s: float = 60.0
+    queue_max_messages: int = 1000
+    max_in_flight: int = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateConfig:
+    """Where the agent persists its assignment and reprovisioning budget."""
+
+    directory: Path = Path("/var/lib/device-agent")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HalConfig:
+    """Which hardware backend and which sensors (the backend is always explicit)."""
+
+    backend: HalBackend
+    buses: tuple[int, ...] = (1,)
+    sensors: tuple[SensorSpec, ...] | Literal["auto"] = "auto"
+    mock_seed: int | None = None
+    led_pin: int | str | None = None
+    button_pin: int | str | None = None
+    button_hold_s: float = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    """Logging (see :mod:`agent.logs`)."""
+
+    level: str = "INFO"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """The whole configuration; ``source`` is the file it was loaded from."""
+
+    source: Path
+    identity: IdentityConfig
+    dps: DpsConfig
+    hal: HalConfig
+    hub: HubConfig = field(default_factory=HubConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def resolve_config_path(flag: str | Path | None, environ: Mapping[str, str]) -> Path:
+    """The config path: the ``--config`` flag, else ``$DEVICE_AGENT_CONFIG``, else the default."""
+    if flag is not None and str(flag) != "":
+        return Path(flag)
+    from_env = environ.get(CONFIG_ENV_VAR, "")
+    if from_env:
+        return Path(from_env)
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate the TOML file at ``path``; raise :class:`ConfigError` on any problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(path, "", "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "", "is a directory, expected a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {exc.start})") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"TOML syntax error: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(path, "", "TOML nested too deeply") from exc
+    return parse_config(data, source=path.absolute())
+
+
+def parse_config(data: Mapping[str, object], *, source: Path) -> AgentConfig:
+    """Validate already-parsed TOML tables; relative paths resolve against ``source``'s folder."""
+    root = _Table(source, "", data)
+    base = source.parent
+    identity = _identity(root.table("identity", required=True), base)
+    dps = _dps(root.table("dps", required=True), base)
+    hub = _hub(root.table("hub"), base)
+    lifecycle = _lifecycle(root.table("lifecycle"))
+    telemetry = _telemetry(root.table("telemetry"))
+    state_table = root.table("state")
+    state = StateConfig(
+        directory=state_table.path("directory", base, Path("/var/lib/device-agent"))
+    )
+    state_table.finish()
+    hal = _hal(root.table("hal", required=True))
+    log_table = root.table("log")
+    log = LogConfig(level=log_table.choice("level", LOG_LEVELS, "INFO", fold_case=True))
+    log_table.finish()
+    root.finish()
+    return AgentConfig(
+        source=source,
+        identity=identity,
+        dps=dps,
+        hub=hub,
+        lifecycle=lifecycle,
+        telemetry=telemetry,
+        state=state,
+        hal=hal,
+        log=log,
+    )
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+def _identity(t: _Table, base: Path) -> IdentityConfig:
+    keystore = t.choice("keystore", ("file",), "file")
+    anchors = t.list_of("trust_anchor_paths", lambda key, v: t.path_value(key, v, base), ())
+    regid = t.optional_string("registration_id")
+    if regid is not None and not _REGISTRATION_ID_RE.match(regid):
+        raise t.error(
+            "registration_id",
+            "expected up to 128 characters of letters, digits, '-', '.', '_', ':',"
+            " ending with a letter, digit or '-'",
+        )
+    config = IdentityConfig(
+        keystore=cast(Literal["file"], keystore),
+        cert_chain_path=t.path("cert_chain_path", base),
+        key_path=t.path("key_path", base),
+        key_passphrase_file=t.optional_path("key_passphrase_file", base),
+        trust_anchor_paths=anchors,
+        registration_id=regid,
+    )
+    t.finish()
+    return config
+
+
+def _dps(t: _Table, base: Path) -> DpsConfig:
+    id_scope = t.string("id_scope")
+    if not _ID_SCOPE_RE.match(id_scope):
+        raise t.error("id_scope", "expected an ID scope of letters and digits, e.g. '0ne00000DEV'")
+    config = DpsConfig(
+        host=t.host("host", "global.azure-devices-provisioning.net"),
+        port=t.integer("port", 8883, 1, MAX_PORT),
+        id_scope=id_scope,
+        server_ca_path=t.optional_path("server_ca_path", base),
+        transport=cast(TransportKind, t.choice("transport", ("mqtt", "websockets"), "mqtt")),
+        ws_port=t.integer("ws_port", 443, 1, MAX_PORT),
+        api_version=t.api_version("api_version", "2019-03-31"),
+        payload=t.json_table("payload"),
+    )
+    t.finish()
+    return config
+
+
+def _hub(t: _Table, base: Path) -> HubConfig:
+    config = HubConfig(
+        port=t.integer("port", 8883, 1, MAX_PORT),
+        ws_port=t.integer("ws_port", 443, 1, MAX_PORT),
+        transport=cast(TransportKind, t.choice("transport", ("mqtt", "websockets"), "mqtt")),
+        server_ca_path=t.optional_path("server_ca_path", base),
+        keep_alive_s=t.integer("keep_alive_s", 60, 1, MAX_KEEP_ALIVE_S),
+        api_version=t.api_version("api_version", "2021-04-12"),
+    )
+    t.finish()
+    return config
+
+
+def _lifecycle(t: _Table) -> LifecycleConfig:
+    config = LifecycleConfig(
+        backoff_base_s=t.seconds("backoff_base_s", 1.0),
+        backoff_cap_s=t.seconds("backoff_cap_s", 300.0),
+        long_outage_s=t.seconds("long_outage_s", 1200.0),
+        dps_backoff_cap_s=t.seconds("dps_backoff_cap_s", 600.0),
+        rejected_retry_s=t.seconds("rejected_retry_s", 300.0),
+        reprovision_budget=t.integer("reprovision_budget", 6, 1, 10_000),
+        reprovision_window_s=t.seconds("reprovision_window_s", 3600.0),
+        connect_timeout_s=t.seconds("connect_timeout_s", 30.0),
+    )
+    if config.backoff_cap_s < config.backoff_base_s:
+        raise t.error(
+            "backoff_cap_s", f"expected >= lifecycle.backoff_base_s ({config.backoff_base_s})"
+        )
+    if config.dps_backoff_cap_s < config.backoff_base_s:
+        raise t.error(
+            "dps_backoff_cap_s", f"expected >= lifecycle.backoff_base_s ({config.backoff_base_s})"
+        )
+    t.finish()
+    return config
+
+
+def _telemetry(t: _Table) -> TelemetryConfig:
+    config = TelemetryConfig(
+        interval_s=t.seconds("interval_s", 60.0),
+        queue_max_messages=t.integer("queue_max_messages", 1000, 1, 10_000_000),
+        max_in_flight=t.integer("max_in_flight", 10, 1, 65535),
+    )
+    t.finish()
+    return config
+
+
+def _hal(t: _Table) -> HalConfig:
+    backend = cast(HalBackend, t.choice("backend", ("smbus", "mock")))
+    buses = t.list_of("buses", lambda key, v: t.int_value(key, v, 0, 1023), (1,))
+    sensors: tuple[SensorSpec, ...] | Literal["auto"]
+    raw_sensors = t.raw("sensors")
+    if raw_sensors is None or raw_sensors == "auto":
+        sensors = "auto"
+    elif isinstance(raw_sensors, list):
+        sensors = tuple(
+            _sensor_spec(t.sub(f"sensors[{i}]", item)) for i, item in enumerate(raw_sensors)
+        )
+    else:
+        raise t.error("sensors", 'expected "auto" or an array of [[hal.sensors]] tables')
+    config = HalConfig(
+        backend=backend,
+        buses=buses,
+        sensors=sensors,
+        mock_seed=t.optional_integer("mock_seed", -(2**63), 2**63 - 1),
+        led_pin=t.pin("led_pin"),
+        button_pin=t.pin("button_pin"),
+        button_hold_s=t.seconds("button_hold_s", 5.0),
+    )
+    t.finish()
+    return config
+
+
+def _sensor_spec(t: _Table) -> SensorSpec:
+    part = t.string("part")
+    if not _SENSOR_PART_RE.match(part):
+        raise t.error("part", "expected a part number such as 'BME280'")
+    spec = SensorSpec(
+        part=part,
+        bus=t.integer("bus", None, 0, 1023),
+        address=t.integer("address", None, 0x03, 0x77),
+        name=t.string("name", ""),
+    )
+    t.finish()
+    return spec
+
+
+# --- the validating reader ----------------------------------------------------------------
+
+_T = TypeVar("_T")
+_MISSING = object()
+
+
+class _Table:
+    """One TOML table being read: keys are consumed as read; :meth:`finish` refuses leftovers."""
+
+    def __init__(self, path: Path, prefix: str, data: Mapping[str, object]) -> None:
+        self._path = path
+        self._prefix = prefix
+        self._data = dict(data)
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self._prefix}.{name}" if self._prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self._path, self.key(name), problem)
+
+    def raw(self, name: str) -> object | None:
+        self._seen.add(name)
+        return self._data.get(name)
+
+    def _get(self, name: str, default: object) -> object:
+        value = self.raw(name)
+        if value is None:
+            if default is _MISSING:
+                raise self.error(name, "missing (required)")
+            return default
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            known = ", ".join(sorted(self._seen)) or "none"
+            raise self.error(unknown[0], f"unknown key (expected one of: {known})")
+
+    def sub(self, name: str, value: object) -> _Table:
+        if not isinstance(value, dict):
+            raise self.error(name, f"expected a table, got {_describe(value)}")
+        return _Table(self._path, self.key(name), value)
+
+    def table(self, name: str, *, required: bool = False) -> _Table:
+        value = self.raw(name)
+        if value is None:
+            if required:
+                raise self.error(name, f"missing section [{self.key(name)}]")
+            value = {}
+        return self.sub(name, value)
+
+    # scalar readers ------------------------------------------------------------------
+
+    def string(self, name: str, default: str | None = None) -> str:
+        value = self._get(name, _MISSING if default is None else default)
+        if not isinstance(value, str):
+            raise self.error(name, f"expected a string, got {_describe(value)}")
+        if "\x00" in value:
+            raise self.error(name, "expected a string without NUL characters")
+        return value
+
+    def optional_string(self, name: str) -> str | None:
+        if self.raw(name) is None:
+            return None
+        return self.string(name)
+
+    def choice(
+        self,
+        name: str,
+        choices: tuple[str, ...],
+        default: str | None = None,
+        *,
+        fold_case: bool = False,
+    ) -> str:
+        value = self.string(name, default)
+        normal = value.upper() if fold_case else value
+        if normal not in choices:
+            expected = " or ".join(repr(c) for c in choices)
+            raise self.error(name, f"expected {expected}, got {value!r}")
+        return normal
+
+    def host(self, name: str, default: str) -> str:
+        value = self.string(name, default)
+        if len(value) > 253 or not _HOST_RE.match(value):
+            raise self.error(name, f"expected a host name or IP address, got {value!r}")
+        return value
+
+    def api_version(self, name: str, default: str) -> str:
+        value = self.string(name, default)
+        if not _API_VERSION_RE.match(value):
+            raise self.error(name, f"expected an API version like {default!r}, got {value!r}")
+        return value
+
+    def int_value(self, key: str, value: object, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {_describe(value)}")
+        if not low <= value <= high:
+            raise self.error(key, f"expected an integer from {low} to {high}, got {value}")
+        return value
+
+    def integer(self, name: str, default: int | None, low: int, high: int) -> int:
+        value = self._get(name, _MISSING if default is None else default)
+        return self.int_value(name, value, low, high)
+
+    def optional_integer(self, name: str, low: int, high: int) -> int | None:
+        if self.raw(name) is None:
+            return None
+        return self.integer(name, None, low, high)
+
+    def seconds(self, name: str, default: float) -> float:
+        """A positive, finite duration in seconds (an integer is fine)."""
+        value = self._get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(name, f"expected a number of seconds, got {_describe(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not (math.isfinite(number) and 0.0 < number <= 366 * 86400.0):
+            raise self.error(name, f"expected seconds > 0 and at most a year, got {value}")
+        return number
+
+    def pin(self, name: str) -> int | str | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return self.int_value(name, value, 0, 1023)
+        if isinstance(value, str) and _PIN_NAME_RE.match(value):
+            return value
+        raise self.error(name, f"expected a GPIO number or pin name like 'GPIO17', got {value!r}")
+
+    # paths ---------------------------------------------------------------------------
+
+    def path_value(self, key: str, value: object, base: Path) -> Path:
+        if not isinstance(value, str) or value == "" or "\x00" in value:
+            raise self.error(key, f"expected a non-empty path string, got {_describe(value)}")
+        path = Path(value)
+        return path if path.is_absolute() else base / path
+
+    def path(self, name: str, base: Path, default: Path | None = None) -> Path:
+        value = self._get(name, _MISSING if default is None else str(default))
+        return self.path_value(name, value, base)
+
+    def optional_path(self, name: str, base: Path) -> Path | None:
+        if self.raw(name) is None:
+            return None
+        return self.path(name, base)
+
+    # compound values -----------------------------------------------------------------
+
+    def list_of(
+        self, name: str, item: Callable[[str, object], _T], default: tuple[_T, ...]
+    ) -> tuple[_T, ...]:
+        value = self._get(name, default)
+        if value is default:
+            return default
+        if not isinstance(value, list):
+            raise self.error(name, f"expected an array, got {_describe(value)}")
+        return tuple(item(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+    def json_table(self, name: str) -> Mapping[str, object]:
+        value = self._get(name, {})
+        if not isinstance(value, dict):
+            raise self.error(name, f"expected a table, got {_describe(value)}")
+        return MappingProxyType(cast(dict[str, object], self._json(name, value)))
+
+    def _json(self, key: str, value: object) -> object:
+        if isinstance(value, dict):
+            return {str(k): self._json(f"{key}.{k}", v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._json(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(key, "expected a finite number (JSON has no inf or nan)")
+        if isinstance(value, datetime | date | time):
+            raise self.error(key, "expected a JSON value; write dates and times as strings")
+        return value
+
+
+def _describe(value: object) -> str:
+    kinds: dict[type, str] = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+        datetime: "a date-time",
+        date: "a date",
+        time: "a time",
+    }
+    kind = kinds.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{kind} ({text[:40]}{'...' if len(text) > 40 else ''})"
