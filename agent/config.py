@@ -70,7 +70,7 @@ MAX_KEEP_ALIVE_S = 1767
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-:]*[A-Za-z0-9])?$")
 _ID_SCOPE_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
 # DPS: up to 128 characters of alphanumerics and - . _ : , ending alphanumeric or '-'.
-_REGISTRATION_ID_RE = re.compile(r"^[A-Za-z0-9\-._:]{0,127}[A-Za-z0-9\-]$")
+REGISTRATION_ID_RE = re.compile(r"^[A-Za-z0-9\-._:]{0,127}[A-Za-z0-9\-]$")
 _API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 _PIN_NAME_RE = re.compile(r"^[A-Za-z0-9_:]{1,32}$")
 _SENSOR_PART_RE = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
@@ -256,7 +256,7 @@ def _identity(t: _Table, base: Path) -> IdentityConfig:
     keystore = t.choice("keystore", ("file",), "file")
     anchors = t.list_of("trust_anchor_paths", lambda key, v: t.path_value(key, v, base), ())
     regid = t.optional_string("registration_id")
-    if regid is not None and not _REGISTRATION_ID_RE.match(regid):
+    if regid is not None and not REGISTRATION_ID_RE.match(regid):
         raise t.error(
             "registration_id",
             "expected up to 128 characters of letters, digits, '-', '.', '_', ':',"
