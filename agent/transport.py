@@ -1,0 +1,612 @@
+"""MQTT 3.1.1 over TLS (or over WebSockets over TLS): the only module that imports paho.
+
+Theory of operation
+-------------------
+:class:`MqttTransport` is one MQTT connection at a time, driven entirely by the
+caller's main loop: it starts no thread and never retries by itself (paho's
+``loop_start``/``loop_forever``/reconnect machinery is not used; the lifecycle owns the
+only retry loop). Everything that happens comes out of :meth:`MqttTransport.poll` as
+frozen event dataclasses; failures are events too, never exceptions.
+:class:`~agent.errors.TransportError` is raised only for misuse (publishing while not
+connected, a second :meth:`start_connect`, unusable TLS files).
+
+A connection goes through these phases, each bounded by ``connect_timeout_s`` overall::
+
+    IDLE -start_connect-> TCP -writable-> TLS -handshake-> MQTT -CONNACK 0-> CONNECTED
+    TCP, TLS, MQTT -error or timeout-> IDLE (ConnectionLost)
+    MQTT -CONNACK n-> IDLE (ConnectRefused)
+    CONNECTED -drop or keep-alive timeout-> IDLE (ConnectionLost)
+    any -disconnect()-> IDLE (no event);  any -close()-> CLOSED
+
+The TCP connect and the TLS handshake are non-blocking and advance inside :meth:`poll`
+(only resolving a host *name* blocks, in ``getaddrinfo``). The established TLS socket
+is then handed to a fresh paho client, which sends CONNECT and from there on does the
+MQTT framing, QoS 1 acknowledgements and keep-alive through its external-loop API
+(``loop_read``/``loop_write``/``loop_misc``), driven by :meth:`poll`'s ``select``. For
+WebSockets, paho's HTTP upgrade is one blocking round trip on the already-established
+TLS connection, bounded by the time left.
+
+Each :meth:`start_connect` makes a new paho client, so nothing of a lost connection
+(in-flight QoS 1 messages, packet ids) leaks into the next one: a message that got no
+:class:`PublishAcked` before :class:`ConnectionLost` is the caller's to send again.
+
+Server verification is always on: ``CERT_REQUIRED`` with ``check_hostname``, TLS 1.2 or
+later; an IP-address host is verified against the certificate's IP SANs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import logging
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import TransportError
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import Client
+
+__all__ = [
+    "ConnectRefused",
+    "Connected",
+    "ConnectionLost",
+    "MessageReceived",
+    "MqttEndpoint",
+    "MqttTransport",
+    "PublishAcked",
+    "Subscribed",
+    "TlsSettings",
+    "TransportEvent",
+    "build_ssl_context",
+]
+
+log = logging.getLogger(__name__)
+
+#: paho reports MQTT 3.1.1 CONNACK codes as MQTT 5 reason codes; this maps them back.
+_CONNACK_FROM_REASON = {0: 0, 132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
+#: Longest single wait inside :meth:`MqttTransport.poll`, so keep-alive stays on time.
+_MAX_WAIT_S = 1.0
+#: Bound on the number of select rounds in one :meth:`MqttTransport.poll`.
+_MAX_ROUNDS = 100_000
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The client identity and the CA that verifies the server (None: system store)."""
+
+    cert_chain_path: Path
+    key_path: Path
+    key_passphrase: bytes | None
+    ca_path: Path | None
+
+
+@dataclass(frozen=True)
+class MqttEndpoint:
+    """Where and as whom to connect."""
+
+    host: str
+    port: int
+    client_id: str
+    username: str
+    websockets: bool = False
+    ws_path: str = "/$iothub/websocket"
+    keep_alive_s: int = 60
+    clean_session: bool = False
+
+    def __str__(self) -> str:
+        scheme = "wss" if self.websockets else "mqtts"
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Connected:
+    """CONNACK 0: the connection is up."""
+
+    session_present: bool
+
+
+@dataclass(frozen=True)
+class ConnectRefused:
+    """CONNACK with a non-zero MQTT 3.1.1 return code (3: unavailable, 4/5: rejected)."""
+
+    return_code: int
+
+
+@dataclass(frozen=True)
+class ConnectionLost:
+    """A network/TLS failure or timeout before CONNACK, or a drop after it."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    """A PUBLISH from the server."""
+
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class PublishAcked:
+    """The server acknowledged our QoS 1 PUBLISH ``mid`` (PUBACK)."""
+
+    mid: int
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    """SUBACK for SUBSCRIBE ``mid``: granted QoS per filter (0x80 = refused)."""
+
+    mid: int
+    granted_qos: tuple[int, ...]
+
+
+TransportEvent = (
+    Connected | ConnectRefused | ConnectionLost | MessageReceived | PublishAcked | Subscribed
+)
+
+
+def build_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    """A client context: TLS 1.2+, server certificate and hostname always verified."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        if tls.ca_path is None:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        else:
+            context.load_verify_locations(cafile=str(tls.ca_path))
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError(f"{tls.ca_path}: cannot load the server CA: {exc}") from exc
+    try:
+        context.load_cert_chain(
+            str(tls.cert_chain_path), str(tls.key_path), password=tls.key_passphrase
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError(
+            f"cannot load the client certificate {tls.cert_chain_path} "
+            f"with key {tls.key_path}: {exc}"
+        ) from exc
+    if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
+        raise TransportError("refusing a TLS context without server verification")
+    return context
+
+
+class _Phase(enum.Enum):
+    IDLE = "idle"
+    TCP = "tcp-connecting"
+    TLS = "tls-handshake"
+    MQTT = "awaiting-connack"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class MqttTransport:
+    """One MQTT connection at a time, single-threaded, driven by :meth:`poll`."""
+
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        tls: TlsSettings,
+        *,
+        connect_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if connect_timeout_s <= 0:
+            raise TransportError(f"connect_timeout_s must be > 0, got {connect_timeout_s}")
+        self.endpoint = endpoint
+        self._context = build_ssl_context(tls)
+        self._connect_timeout_s = connect_timeout_s
+        self._clock = clock
+        self._phase = _Phase.IDLE
+        self._events: list[TransportEvent] = []
+        self._sock: socket.socket | None = None  # raw/TLS socket until paho owns it
+        self._client: Client | None = None
+        self._deadline = 0.0
+        self._refused = False
+        self._closing = False
+        self._tls_wants_write = False
+        self._woken = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # --- public API ----------------------------------------------------------------------
+
+    @property
+    def phase(self) -> str:
+        """The connection phase, for status and logs (``idle``, ``connected``, ...)."""
+        return self._phase.value
+
+    @property
+    def connected(self) -> bool:
+        """True between :class:`Connected` and the next drop or :meth:`disconnect`."""
+        return self._phase is _Phase.CONNECTED
+
+    def start_connect(self) -> None:
+        """Begin connecting; the outcome arrives from :meth:`poll` as an event."""
+        if self._phase is _Phase.CLOSED:
+            raise TransportError("the transport is closed")
+        if self._phase is not _Phase.IDLE:
+            raise TransportError(f"already {self._phase.value}; disconnect() first")
+        self._refused = False
+        self._closing = False
+        self._tls_wants_write = False
+        self._deadline = self._clock() + self._connect_timeout_s
+        host, port = self.endpoint.host, self.endpoint.port
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, kind, proto, _, address = infos[0]
+            sock = socket.socket(family, kind, proto)
+        except (OSError, IndexError) as exc:
+            self._lost(f"cannot resolve {host}:{port}: {exc}")
+            return
+        sock.setblocking(False)
+        code = sock.connect_ex(address)
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            sock.close()
+            self._lost(f"TCP connect to {host}:{port} failed: {errno.errorcode.get(code, code)}")
+            return
+        self._sock = sock
+        self._phase = _Phase.TCP
+        log.debug("connecting to %s", self.endpoint)
+
+    def poll(self, timeout_s: float) -> list[TransportEvent]:
+        """Advance the connection for up to ``timeout_s``; return what happened.
+
+        Returns as soon as there is at least one event. With no connection it just waits
+        (interruptible by :meth:`wake`).
+        """
+        if self._phase is _Phase.CLOSED:
+            raise TransportError("the transport is closed")
+        deadline = self._clock() + max(0.0, timeout_s)
+        self._woken = False
+        for _ in range(_MAX_ROUNDS):
+            if self._events:
+                break
+            remaining = deadline - self._clock()
+            self._step(max(0.0, remaining))
+            if self._events or self._woken or self._clock() >= deadline:
+                break
+        events, self._events = self._events, []
+        return events
+
+    def fileno(self) -> int | None:
+        """The socket to wait on in a ``select()``-based main loop, if there is one."""
+        sock = self._current_socket()
+        return None if sock is None else sock.fileno()
+
+    def wake(self) -> None:
+        """Make a running :meth:`poll` return early (safe to call from another thread)."""
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> int:
+        """Send SUBSCRIBE; return its mid (a :class:`Subscribed` event follows)."""
+        client = self._connected_client("subscribe")
+        try:
+            rc, mid = client.subscribe(topic_filter, qos)
+        except ValueError as exc:
+            raise TransportError(f"cannot subscribe to {topic_filter!r}: {exc}") from exc
+        if rc != 0 or mid is None:
+            raise TransportError(f"SUBSCRIBE {topic_filter!r} not sent (paho rc {rc})")
+        return int(mid)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> int:
+        """Send PUBLISH; return its mid (for QoS 1 a :class:`PublishAcked` follows the PUBACK)."""
+        client = self._connected_client("publish")
+        try:
+            info = client.publish(topic, payload, qos)
+        except ValueError as exc:
+            raise TransportError(f"cannot publish to {topic!r}: {exc}") from exc
+        if info.rc != 0:
+            raise TransportError(f"PUBLISH to {topic!r} not sent (paho rc {info.rc})")
+        return int(info.mid)
+
+    def disconnect(self) -> None:
+        """Send DISCONNECT if connected and close the socket; no event follows."""
+        self._closing = True
+        client = self._client
+        if client is not None and self._phase is _Phase.CONNECTED:
+            try:
+                client.disconnect()
+                self._flush_writes(client)
+            except Exception:  # a failing goodbye is still a goodbye
+                log.debug("DISCONNECT to %s failed", self.endpoint, exc_info=True)
+        self._teardown()
+
+    def close(self) -> None:
+        """Disconnect and release everything; the transport cannot be used again."""
+        if self._phase is _Phase.CLOSED:
+            return
+        self.disconnect()
+        self._phase = _Phase.CLOSED
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __enter__(self) -> MqttTransport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- the phases ------------------------------------------------------------------------
+
+    def _step(self, remaining: float) -> None:
+        phase = self._phase
+        if phase in (_Phase.TCP, _Phase.TLS):
+            self._step_handshake(remaining)
+        elif phase in (_Phase.MQTT, _Phase.CONNECTED):
+            self._step_mqtt(remaining)
+        else:
+            self._wait([], [], remaining)
+
+    def _wait(
+        self, readers: list[Any], writers: list[Any], timeout: float
+    ) -> tuple[list[Any], list[Any]]:
+        try:
+            readable, writable, _ = select.select(
+                [*readers, self._wake_r], writers, [], min(timeout, _MAX_WAIT_S)
+            )
+        except (OSError, ValueError) as exc:  # a socket closed under us
+            log.debug("select failed: %s", exc)
+            return [], []
+        if self._wake_r in readable:
+            self._woken = True
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
+        return readable, writable
+
+    def _time_left(self, remaining: float) -> float | None:
+        """Wait budget for a connecting phase, or None (and a ConnectionLost) if past due."""
+        left = self._deadline - self._clock()
+        if left <= 0:
+            self._fail(f"no answer within {self._connect_timeout_s:g} s ({self._phase.value})")
+            return None
+        return min(left, remaining)
+
+    def _step_handshake(self, remaining: float) -> None:
+        sock = self._sock
+        assert sock is not None
+        wait = self._time_left(remaining)
+        if wait is None:
+            return
+        if self._phase is _Phase.TCP:
+            _, writable = self._wait([], [sock], wait)
+            if sock not in writable:
+                return
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                self._fail(f"TCP connect failed: {errno.errorcode.get(code, code)} ({code})")
+                return
+            try:
+                self._sock = self._context.wrap_socket(
+                    sock, server_hostname=self.endpoint.host, do_handshake_on_connect=False
+                )
+            except (OSError, ValueError) as exc:
+                self._fail(f"TLS set-up failed: {exc}")
+                return
+            self._phase = _Phase.TLS
+            self._advance_tls()
+            return
+        tls_sock = self._sock
+        assert isinstance(tls_sock, ssl.SSLSocket)
+        want_write = self._tls_wants_write
+        readable, writable = self._wait(
+            [] if want_write else [tls_sock], [tls_sock] if want_write else [], wait
+        )
+        if tls_sock in readable or tls_sock in writable:
+            self._advance_tls()
+
+    def _advance_tls(self) -> None:
+        tls_sock = self._sock
+        assert isinstance(tls_sock, ssl.SSLSocket)
+        try:
+            tls_sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._tls_wants_write = False
+            return
+        except ssl.SSLWantWriteError:
+            self._tls_wants_write = True
+            return
+        except ssl.SSLCertVerificationError as exc:
+            self._fail(f"TLS: server certificate rejected: {exc.verify_message or exc}")
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._fail(f"TLS handshake failed: {exc}")
+            return
+        log.debug("TLS %s established with %s", tls_sock.version(), self.endpoint)
+        self._hand_over_to_paho(tls_sock)
+
+    def _hand_over_to_paho(self, tls_sock: ssl.SSLSocket) -> None:
+        from paho.mqtt.client import WebsocketConnectionError
+
+        endpoint = self.endpoint
+        client = self._new_client()
+        prepared: Any = tls_sock
+        if endpoint.websockets:
+            from paho.mqtt.client import _WebsocketWrapper
+
+            left = max(0.001, self._deadline - self._clock())
+            try:
+                tls_sock.settimeout(left)
+                prepared = _WebsocketWrapper(
+                    socket=tls_sock,
+                    host=endpoint.host,
+                    port=endpoint.port,
+                    is_ssl=True,
+                    path=endpoint.ws_path,
+                    extra_headers=None,
+                )
+            except (OSError, WebsocketConnectionError, ValueError, IndexError) as exc:
+                self._fail(f"WebSocket upgrade at {endpoint.ws_path} failed: {exc}")
+                return
+        # paho creates its socket in _create_socket(); hand it the one we connected.
+        setattr(client, "_create_socket", lambda: prepared)  # noqa: B010
+        self._sock = None
+        self._client = client
+        self._phase = _Phase.MQTT
+        try:
+            client.connect(endpoint.host, endpoint.port, keepalive=endpoint.keep_alive_s)
+        except (OSError, ValueError) as exc:
+            self._client = None
+            with contextlib.suppress(OSError):
+                prepared.close()
+            self._fail(f"sending CONNECT failed: {exc}")
+
+    def _new_client(self) -> Client:
+        from paho.mqtt.client import Client, MQTTv311
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        if not hasattr(Client, "_create_socket"):
+            raise TransportError("this paho-mqtt has no _create_socket hook; pin paho-mqtt 2.x")
+        endpoint = self.endpoint
+        client = Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=endpoint.client_id,
+            clean_session=endpoint.clean_session,
+            protocol=MQTTv311,
+            transport="websockets" if endpoint.websockets else "tcp",
+            reconnect_on_failure=False,
+        )
+        client.username_pw_set(endpoint.username, None)
+        client.max_inflight_messages_set(0)  # no hidden queue: the caller bounds in-flight
+        client.enable_logger(logging.getLogger("agent.transport.paho"))
+        if endpoint.websockets:
+            client.ws_set_options(path=endpoint.ws_path)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _step_mqtt(self, remaining: float) -> None:
+        client = self._client
+        assert client is not None
+        wait = remaining
+        if self._phase is _Phase.MQTT:
+            budget = self._time_left(remaining)
+            if budget is None:
+                return
+            wait = budget
+        sock: Any = client.socket()
+        if sock is None:
+            self._fail("connection closed")
+            return
+        pending = sock.pending() if hasattr(sock, "pending") else 0
+        readable, writable = self._wait(
+            [sock], [sock] if client.want_write() else [], 0.0 if pending else wait
+        )
+        try:
+            if sock in readable or pending:
+                client.loop_read()
+            if client.socket() is not None and (sock in writable or client.want_write()):
+                client.loop_write()
+            if client.socket() is not None:
+                client.loop_misc()
+        except Exception as exc:  # paho, ssl, websocket errors: all mean "gone"
+            log.debug("connection to %s failed", self.endpoint, exc_info=True)
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return
+        if client.socket() is None and self._phase in (_Phase.MQTT, _Phase.CONNECTED):
+            # paho closed the socket without telling us why (e.g. a refused CONNACK 1).
+            self._fail("connection closed")
+
+    def _flush_writes(self, client: Client) -> None:
+        deadline = self._clock() + 1.0
+        for _ in range(100):
+            sock: Any = client.socket()
+            if sock is None or not client.want_write() or self._clock() >= deadline:
+                return
+            _, writable = self._wait([], [sock], deadline - self._clock())
+            if sock in writable:
+                client.loop_write()
+
+    # --- paho callbacks (all run inside poll/publish/subscribe, on the caller's thread) ---
+
+    def _on_connect(
+        self, client: Client, userdata: object, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        code = _CONNACK_FROM_REASON.get(int(reason.value), int(reason.value))
+        if code == 0:
+            self._phase = _Phase.CONNECTED
+            self._events.append(Connected(session_present=bool(flags.session_present)))
+            log.info("connected to %s", self.endpoint)
+        else:
+            self._refused = True
+            self._events.append(ConnectRefused(return_code=code))
+            log.info("%s refused the connection: CONNACK %d (%s)", self.endpoint, code, reason)
+
+    def _on_disconnect(
+        self, client: Client, userdata: object, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if client is not self._client:
+            return
+        was = self._phase
+        self._client = None
+        self._phase = _Phase.IDLE if self._phase is not _Phase.CLOSED else _Phase.CLOSED
+        if self._closing or self._refused:
+            return
+        where = "before CONNACK" if was is _Phase.MQTT else "after connect"
+        self._lost(f"connection to {self.endpoint} lost {where} ({reason})")
+
+    def _on_message(self, client: Client, userdata: object, message: Any) -> None:
+        self._events.append(MessageReceived(topic=message.topic, payload=bytes(message.payload)))
+
+    def _on_publish(
+        self, client: Client, userdata: object, mid: int, reason: Any, properties: Any
+    ) -> None:
+        self._events.append(PublishAcked(mid=mid))
+
+    def _on_subscribe(
+        self, client: Client, userdata: object, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        self._events.append(Subscribed(mid=mid, granted_qos=tuple(int(r.value) for r in reasons)))
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _connected_client(self, what: str) -> Client:
+        if self._phase is not _Phase.CONNECTED or self._client is None:
+            raise TransportError(f"cannot {what}: not connected ({self._phase.value})")
+        return self._client
+
+    def _current_socket(self) -> Any:
+        if self._sock is not None:
+            return self._sock
+        if self._client is not None:
+            return self._client.socket()
+        return None
+
+    def _lost(self, reason: str) -> None:
+        log.info("%s: %s", self.endpoint, reason)
+        self._events.append(ConnectionLost(reason=reason))
+
+    def _fail(self, reason: str) -> None:
+        """A failure we detected ourselves: tear down and report it once."""
+        self._closing = True  # paho's own on_disconnect must not report it twice
+        self._teardown()
+        self._closing = False
+        self._lost(reason)
+
+    def _teardown(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            sock: Any = client.socket()
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+        if self._phase is not _Phase.CLOSED:
+            self._phase = _Phase.IDLE
