@@ -1,0 +1,336 @@
+"""The DPS endpoint: Azure Device Provisioning Service over MQTT, one registration at a time.
+
+Theory of operation. :class:`DpsEndpoint` implements the server's
+:class:`~devcloud.mqtt.endpoint.Endpoint`: CONNECT is accepted when the username is
+``{idScope}/registrations/{clientId}/api-version=...`` for devcloud's id scope and the TLS
+leaf's CN is the client id (else CONNACK 5; a malformed username gets 4). Each accepted
+connection gets a :class:`DpsSession`, which allows one subscription,
+``$dps/registrations/res/#``, and two requests:
+
+* ``$dps/registrations/PUT/iotdps-register/?$rid=R`` with ``{"registrationId", "payload"}``:
+  checked in this order — JSON and registration id (400), throttling (429 with
+  ``retry-after``), enrollment (404 unknown / 401 disabled, see
+  :mod:`devcloud.enrollment_match`) — then answered ``202 {"operationId", "status":
+  "assigning"}`` while an assignment task runs in the background;
+* ``$dps/registrations/GET/iotdps-get-operationstatus/?$rid=R&operationId=O``: 202
+  ``assigning`` until the task is done (it first waits the configured assignment delay),
+  then 200 with ``status`` ``assigned`` + ``registrationState``, or ``failed`` with
+  ``errorCode`` / ``errorMessage``; an unknown operation is 404.
+
+Every answer goes to ``$dps/registrations/res/{status}/?$rid=R[&retry-after=N]`` on the
+asking connection only; errors carry ``{"errorCode", "message", "trackingId",
+"timestampUtc"}``. Any other topic is a protocol violation (the connection is closed).
+
+The assignment itself lives in :mod:`devcloud.assignment` (allocation policy, reprovision
+policy, creating/moving the device in the hubs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+import urllib.parse
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cryptography import x509
+
+from devcloud.assignment import Assigner
+from devcloud.enrollment_match import common_name, match_enrollment
+from devcloud.errors import (
+    DevCloudError,
+    InvalidRequestError,
+    NotFoundError,
+    ThrottledError,
+)
+from devcloud.model import Enrollment, JsonObject, Registration
+from devcloud.mqtt.endpoint import (
+    CONNACK_ACCEPTED,
+    CONNACK_BAD_USERNAME_OR_PASSWORD,
+    CONNACK_NOT_AUTHORIZED,
+    Connection,
+    ConnectRequest,
+    DeviceSession,
+    ProtocolViolation,
+)
+from devcloud.registry import Registry
+
+RESPONSE_FILTER = "$dps/registrations/res/#"
+REGISTER_PREFIX = "$dps/registrations/PUT/iotdps-register/"
+POLL_PREFIX = "$dps/registrations/GET/iotdps-get-operationstatus/"
+MAX_OPERATIONS = 10_000
+
+
+class RateLimiter:
+    """A token bucket: ``rate_per_s`` registrations a second, bursts up to ``max(1, rate)``."""
+
+    def __init__(self, rate_per_s: float | None, clock: Callable[[], float] = time.monotonic):
+        self.rate_per_s = rate_per_s
+        self._clock = clock
+        self._capacity = max(1.0, rate_per_s or 1.0)
+        self._tokens = self._capacity
+        self._stamp = clock()
+
+    def acquire(self) -> int | None:
+        """Take a token: None if allowed, else the whole seconds to wait (at least 1)."""
+        if self.rate_per_s is None:
+            return None
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self.rate_per_s)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return None
+        return max(1, math.ceil((1.0 - self._tokens) / self.rate_per_s))
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One register request's progress."""
+
+    operation_id: str
+    registration_id: str
+    status: str  # "assigning" | "assigned" | "failed"
+    registration: Registration | None = None
+    error: DevCloudError | None = None
+
+
+def _query(topic: str) -> dict[str, str]:
+    _, _, query = topic.partition("?")
+    return dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+
+
+class Provisioner:
+    """DPS's service logic, shared by every DPS connection."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        assigner: Assigner,
+        *,
+        id_scope: str,
+        assignment_delay_s: float = 0.2,
+        registrations_per_second: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.assigner = assigner
+        self.id_scope = id_scope
+        self.assignment_delay_s = assignment_delay_s
+        self.limiter = RateLimiter(registrations_per_second, monotonic)
+        self._rng = rng if rng is not None else random.Random()
+        self._operations: OrderedDict[str, Operation] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def retry_after_s(self) -> int:
+        """The polling interval suggested with a 202 (whole seconds, at least 1)."""
+        return max(1, math.ceil(self.assignment_delay_s))
+
+    def tracking_id(self) -> str:
+        """A fresh tracking id for an error body."""
+        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+
+    def begin(
+        self, registration_id: str, body: bytes, chain: Sequence[x509.Certificate]
+    ) -> Operation:
+        """Validate a register request and start its assignment; raises the DPS error."""
+        self.registry.count_attempt(registration_id)
+        try:
+            request = json.loads(body or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequestError("the register request body is not JSON") from None
+        if not isinstance(request, dict):
+            raise InvalidRequestError("the register request body must be a JSON object")
+        if request.get("registrationId") != registration_id:
+            raise InvalidRequestError(
+                "registrationId in the body differs from the connection's registration id"
+            )
+        wait_s = self.limiter.acquire()
+        if wait_s is not None:
+            raise ThrottledError("registrations are being throttled", retry_after_s=wait_s)
+        enrollment = match_enrollment(
+            registration_id, chain, self.registry.enrollments(), self.registry.groups()
+        )
+        operation = Operation(
+            operation_id=f"4.{self._rng.getrandbits(64):016x}.{self.tracking_id()}",
+            registration_id=registration_id,
+            status="assigning",
+        )
+        self._remember(operation)
+        task = asyncio.get_running_loop().create_task(
+            self._assign(operation, enrollment, request.get("payload"), list(chain))
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return operation
+
+    def _remember(self, operation: Operation) -> None:
+        self._operations[operation.operation_id] = operation
+        self._operations.move_to_end(operation.operation_id)
+        while len(self._operations) > MAX_OPERATIONS:
+            self._operations.popitem(last=False)
+
+    async def _assign(
+        self,
+        operation: Operation,
+        enrollment: Enrollment,
+        payload: Any,
+        chain: list[x509.Certificate],
+    ) -> None:
+        if self.assignment_delay_s > 0:
+            await asyncio.sleep(self.assignment_delay_s)
+        try:
+            registration = await self.assigner.assign(
+                operation.registration_id, enrollment, payload, chain
+            )
+        except DevCloudError as exc:
+            self._remember(replace(operation, status="failed", error=exc))
+            return
+        self.registry.count_assignment(operation.registration_id)
+        self._remember(replace(operation, status="assigned", registration=registration))
+
+    def operation(self, registration_id: str, operation_id: str) -> Operation:
+        """The operation, if it belongs to ``registration_id``; else :class:`NotFoundError`."""
+        found = self._operations.get(operation_id)
+        if found is None or found.registration_id != registration_id:
+            raise NotFoundError(f"operation {operation_id!r} not found", error_code=404205)
+        return found
+
+    async def settle(self) -> None:
+        """Wait until every assignment in flight has completed (for tests and shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Cancel running assignments (devcloud is stopping)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def status_body(self, operation: Operation) -> JsonObject:
+        """The JSON body of an operation-status answer."""
+        if operation.status == "assigning":
+            return {"operationId": operation.operation_id, "status": "assigning"}
+        if operation.status == "failed":
+            error = operation.error
+            now = self.registry.now()
+            return {
+                "operationId": operation.operation_id,
+                "status": "failed",
+                "registrationState": {
+                    "registrationId": operation.registration_id,
+                    "createdDateTimeUtc": now,
+                    "status": "failed",
+                    "errorCode": error.error_code if error else 500000,
+                    "errorMessage": error.message if error else "failed",
+                    "lastUpdatedDateTimeUtc": now,
+                },
+            }
+        reg = operation.registration
+        assert reg is not None
+        return {
+            "operationId": operation.operation_id,
+            "status": "assigned",
+            "registrationState": {
+                "registrationId": reg.registration_id,
+                "createdDateTimeUtc": reg.created,
+                "assignedHub": self.assigner.hubs.hostname(reg.assigned_hub),
+                "deviceId": reg.device_id,
+                "status": "assigned",
+                "substatus": reg.substatus,
+                "lastUpdatedDateTimeUtc": reg.updated,
+                "etag": reg.etag,
+                "payload": reg.payload,
+            },
+        }
+
+
+class DpsEndpoint:
+    """The DPS :class:`~devcloud.mqtt.endpoint.Endpoint`."""
+
+    def __init__(self, provisioner: Provisioner) -> None:
+        self.provisioner = provisioner
+
+    def authenticate(
+        self, request: ConnectRequest, connection: Connection
+    ) -> tuple[int, DeviceSession | None]:
+        """Accept ``{idScope}/registrations/{clientId}/api-version=...`` with a matching CN."""
+        parts = (request.username or "").split("/")
+        if len(parts) < 4 or parts[1] != "registrations" or not parts[3].startswith("api-version="):
+            return CONNACK_BAD_USERNAME_OR_PASSWORD, None
+        if parts[0] != self.provisioner.id_scope or parts[2] != request.client_id:
+            return CONNACK_NOT_AUTHORIZED, None
+        if not request.cert_chain or common_name(request.cert_chain[0]) != request.client_id:
+            return CONNACK_NOT_AUTHORIZED, None
+        return CONNACK_ACCEPTED, DpsSession(self.provisioner, request, connection)
+
+
+class DpsSession:
+    """One device's DPS connection."""
+
+    def __init__(
+        self, provisioner: Provisioner, request: ConnectRequest, connection: Connection
+    ) -> None:
+        self.provisioner = provisioner
+        self.registration_id = request.client_id
+        self.chain = tuple(request.cert_chain)
+        self.connection = connection
+
+    def on_subscribe(self, topic_filter: str, qos: int) -> int:
+        """Grant only ``$dps/registrations/res/#``."""
+        return min(qos, 1) if topic_filter == RESPONSE_FILTER else 0x80
+
+    def on_publish(self, topic: str, payload: bytes, qos: int) -> None:
+        """Answer a register or poll request; anything else closes the connection."""
+        if topic.startswith(REGISTER_PREFIX):
+            rid = _query(topic).get("$rid", "")
+            try:
+                operation = self.provisioner.begin(self.registration_id, payload, self.chain)
+            except DevCloudError as exc:
+                self._error(rid, exc)
+                return
+            self._respond(202, rid, self.provisioner.status_body(operation), retry=True)
+        elif topic.startswith(POLL_PREFIX):
+            query = _query(topic)
+            rid = query.get("$rid", "")
+            try:
+                operation = self.provisioner.operation(
+                    self.registration_id, query.get("operationId", "")
+                )
+            except DevCloudError as exc:
+                self._error(rid, exc)
+                return
+            assigning = operation.status == "assigning"
+            body = self.provisioner.status_body(operation)
+            self._respond(202 if assigning else 200, rid, body, retry=assigning)
+        else:
+            raise ProtocolViolation(f"DPS does not accept PUBLISH on {topic!r}")
+
+    def on_disconnect(self, reason: str) -> None:
+        """Nothing to release: assignments in flight complete regardless."""
+
+    def _respond(self, status: int, rid: str, body: JsonObject, *, retry: bool) -> None:
+        topic = f"$dps/registrations/res/{status}/?$rid={urllib.parse.quote(rid)}"
+        if retry:
+            topic += f"&retry-after={self.provisioner.retry_after_s}"
+        self.connection.publish(topic, json.dumps(body).encode(), 1)
+
+    def _error(self, rid: str, error: DevCloudError) -> None:
+        body = {
+            "errorCode": error.error_code,
+            "trackingId": self.provisioner.tracking_id(),
+            "message": error.message,
+            "timestampUtc": self.provisioner.registry.now(),
+        }
+        topic = f"$dps/registrations/res/{error.status}/?$rid={urllib.parse.quote(rid)}"
+        if isinstance(error, ThrottledError):
+            topic += f"&retry-after={error.retry_after_s}"
+        self.connection.publish(topic, json.dumps(body).encode(), 1)

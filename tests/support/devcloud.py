@@ -1,0 +1,233 @@
+"""Helpers and fixtures for tests that need devcloud.
+
+Fixtures are defined as ``<name>_fixture`` with ``@pytest.fixture(name="<name>")``, so a
+test module imports the function and uses the short name as a parameter without
+shadowing anything::
+
+    from tests.support.devcloud import devcloud_fixture, pki_fixture  # noqa: F401
+
+    def test_x(devcloud: DevCloudHandle, pki: PKI) -> None: ...
+
+Fixtures:
+
+* ``pki`` — a session-wide :class:`devcloud.pki.PKI` in a temporary directory.
+* ``devcloud`` — a running devcloud (:class:`DevCloudThread` handle) on random free
+  ports and fresh 127.x.y.z addresses, with the default enrollment group, in-memory
+  state, assignment delay 0.05 s. Stopped and checked for leaks at teardown.
+
+Building blocks (usable without fixtures): :class:`RecordingConnection` (a fake server
+connection that records what a service sends), :func:`connect_request`,
+:func:`free_loopback_address`, :class:`MqttDevice` (a paho-mqtt device client with
+TLS, used to drive devcloud over the wire as a real device would).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from devcloud.mqtt.endpoint import ConnectRequest
+from devcloud.pki import PKI, Issued
+
+# -- in-memory fakes -----------------------------------------------------------------------
+
+
+@dataclass
+class RecordingConnection:
+    """A stand-in for the server's :class:`~devcloud.mqtt.endpoint.Connection`.
+
+    It records every publish (regardless of subscriptions — the server filters those)
+    and the close reason.
+    """
+
+    client_id: str
+    published: list[tuple[str, bytes, int]] = field(default_factory=list)
+    closed: str | None = None
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        self.published.append((topic, payload, qos))
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
+
+    def topics(self) -> list[str]:
+        """The topics published so far."""
+        return [t for t, _, _ in self.published]
+
+    def last_json(self) -> Any:
+        """The last published payload, decoded as JSON."""
+        return json.loads(self.published[-1][1])
+
+
+def connect_request(
+    client_id: str,
+    username: str | None,
+    chain: Sequence[x509.Certificate],
+    *,
+    clean_session: bool = True,
+    local_address: tuple[str, int] = ("127.0.0.2", 8883),
+) -> ConnectRequest:
+    """A CONNECT as the server would hand it to a service."""
+    return ConnectRequest(
+        client_id=client_id,
+        username=username,
+        password=None,
+        clean_session=clean_session,
+        keep_alive_s=60,
+        cert_chain=tuple(chain),
+        local_address=local_address,
+        transport="mqtts",
+    )
+
+
+def chain_of(issued: Issued, pki: PKI) -> list[x509.Certificate]:
+    """The verified chain (leaf first, up to ``pki``'s root) of a certificate it issued."""
+    certs = x509.load_pem_x509_certificates(issued.chain_path.read_bytes())
+    return [*certs, pki.root]
+
+
+# -- addresses -----------------------------------------------------------------------------
+
+_address_counter = itertools.count((os.getpid() * 7) % 200 + 20)
+
+
+def free_loopback_address() -> str:
+    """A 127.x.y.z address unlikely to be used by another test process of this run."""
+    n = next(_address_counter)
+    return f"127.{100 + (os.getpid() % 100)}.{(n // 250) % 250}.{n % 250 + 2}"
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(name="pki", scope="session")
+def pki_fixture(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A session-wide devcloud PKI."""
+    return PKI.create(tmp_path_factory.mktemp("pki"))
+
+
+# -- a paho-mqtt device --------------------------------------------------------------------
+
+
+class MqttDevice:
+    """A device driven over real TLS with paho-mqtt, for tests.
+
+    Messages arrive in :attr:`messages` (a queue of ``(topic, payload)``); use
+    :meth:`expect` to wait for one matching a topic prefix with a deadline.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        client_id: str,
+        username: str,
+        identity: Issued,
+        ca_path: Path,
+        *,
+        clean_session: bool = True,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.address = address
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.connack: queue.Queue[int] = queue.Queue()
+        self.disconnected = threading.Event()
+        self.subacks: queue.Queue[list[int]] = queue.Queue()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=clean_session,
+        )
+        client.username_pw_set(username)
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_path))
+        context.load_cert_chain(str(identity.chain_path), str(identity.key_path))
+        client.tls_set_context(context)
+        client.reconnect_delay_set(60, 120)
+
+        def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            self.connack.put(int(reason.value))
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            self.messages.put((msg.topic, bytes(msg.payload)))
+
+        def on_disconnect(_c: Any, _u: Any, _f: Any, _reason: Any, _p: Any) -> None:
+            self.disconnected.set()
+
+        def on_subscribe(_c: Any, _u: Any, _mid: Any, codes: Any, _p: Any) -> None:
+            self.subacks.put([int(c.value) for c in codes])
+
+        client.on_connect = on_connect
+        client.on_message = on_message
+        client.on_disconnect = on_disconnect
+        client.on_subscribe = on_subscribe
+        self.client = client
+        self._started = False
+
+    def connect(self, timeout_s: float = 5.0) -> int:
+        """Connect and return the CONNACK code (0 = accepted)."""
+        self.client.connect(self.address[0], self.address[1], keepalive=30)
+        self.client.loop_start()
+        self._started = True
+        try:
+            return self.connack.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AssertionError(f"no CONNACK within {timeout_s} s") from None
+
+    def subscribe(self, topic_filter: str, qos: int = 1, timeout_s: float = 5.0) -> int:
+        """Subscribe and return the SUBACK code."""
+        self.client.subscribe(topic_filter, qos)
+        return self.subacks.get(timeout=timeout_s)[0]
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        """Publish (and wait for PUBACK when ``qos`` is 1)."""
+        info = self.client.publish(topic, payload, qos)
+        if qos:
+            info.wait_for_publish(timeout=5.0)
+
+    def expect(self, prefix: str, timeout_s: float = 5.0) -> tuple[str, bytes]:
+        """The next message whose topic starts with ``prefix`` (others are discarded)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no message on {prefix!r} within {timeout_s} s")
+            try:
+                topic, payload = self.messages.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if topic.startswith(prefix):
+                return topic, payload
+
+    def wait_disconnected(self, timeout_s: float = 5.0) -> bool:
+        """Whether the server closed the connection within ``timeout_s``."""
+        return self.disconnected.wait(timeout_s)
+
+    def close(self) -> None:
+        """Disconnect and stop paho's thread."""
+        if self._started:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self._started = False
+
+
+@pytest.fixture(name="mqtt_devices")
+def mqtt_devices_fixture() -> Iterator[list[MqttDevice]]:
+    """A list to append :class:`MqttDevice` objects to; all are closed at teardown."""
+    devices: list[MqttDevice] = []
+    yield devices
+    for device in devices:
+        device.close()
