@@ -39,7 +39,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from devcloud.enrollment_match import common_name
-from devcloud.errors import DeviceNotOnlineError, InvalidRequestError, MethodTimeoutError
+from devcloud.errors import (
+    DeviceNotOnlineError,
+    InvalidRequestError,
+    MethodTimeoutError,
+    NotFoundError,
+)
 from devcloud.mqtt.endpoint import (
     CONNACK_ACCEPTED,
     CONNACK_BAD_USERNAME_OR_PASSWORD,
@@ -273,7 +278,7 @@ class HubSession:
         if topic_filter not in self.allowed:
             return 0x80
         self.subscriptions.add(topic_filter)
-        if topic_filter == c2d_filter(self.device_id):
+        if topic_filter == c2d_filter(self.device_id) and self.hub._c2d.get(self.device_id):
             # Deliver queued C2D once the server has recorded the subscription.
             asyncio.get_running_loop().call_soon(self.hub._flush_c2d, self.device_id)
         return min(qos, 1)
@@ -290,7 +295,10 @@ class HubSession:
                 raise ProtocolViolation(f"devices may not publish on {topic!r}")
             self._telemetry(rest[len("messages/events/") :].rstrip("/"), payload)
         elif topic.startswith(TWIN_GET_PREFIX):
-            twin = self.hub.registry.get_twin(self.hub.name, self.device_id)
+            try:
+                twin = self.hub.registry.get_twin(self.hub.name, self.device_id)
+            except NotFoundError:
+                raise ProtocolViolation("the device no longer exists in this hub") from None
             self._twin_response(200, _rid(topic), json.dumps(twin.device_view()).encode())
         elif topic.startswith(REPORTED_PREFIX):
             self._reported(_rid(topic), payload)
@@ -327,7 +335,10 @@ class HubSession:
         if not isinstance(patch, dict):
             self._twin_response(400, rid, b'{"message": "reported patch must be a JSON object"}')
             return
-        twin = self.hub.registry.patch_reported(self.hub.name, self.device_id, patch)
+        try:
+            twin = self.hub.registry.patch_reported(self.hub.name, self.device_id, patch)
+        except NotFoundError:
+            raise ProtocolViolation("the device no longer exists in this hub") from None
         self._twin_response(204, rid, b"", version=twin.reported_version)
 
     def _twin_response(
