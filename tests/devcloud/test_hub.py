@@ -266,7 +266,7 @@ def test_disable_and_delete_close_the_live_connection(pki: PKI) -> None:
     _, conn_a = hub.connect(a)
     _, conn_b = hub.connect(b)
     hub.registry.patch_desired("hub1", a, {"x": 1})
-    assert conn_a.closed is None
+    assert [conn_a.closed] == [None]
     hub.registry.set_device_enabled("hub1", a, False)
     assert conn_a.closed == "device disabled"
     assert not hub.endpoint.is_connected(a)
