@@ -556,8 +556,15 @@ class MqttTransport:
         self._phase = _Phase.IDLE if self._phase is not _Phase.CLOSED else _Phase.CLOSED
         if self._closing or self._refused:
             return
-        where = "before CONNACK" if was is _Phase.MQTT else "after connect"
-        self._lost(f"connection to {self.endpoint} lost {where} ({reason})")
+        if was is _Phase.MQTT:
+            # With TLS 1.3 a server that refuses our certificate closes right after the
+            # handshake, which looks exactly like this.
+            self._lost(
+                f"connection closed before CONNACK ({reason}); "
+                "did the server refuse the client certificate?"
+            )
+        else:
+            self._lost(f"connection lost after connect ({reason})")
 
     def _on_message(self, client: Client, userdata: object, message: Any) -> None:
         self._events.append(MessageReceived(topic=message.topic, payload=bytes(message.payload)))
