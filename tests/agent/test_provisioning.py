@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 
 import pytest
 from hypothesis import given
@@ -80,7 +81,7 @@ def answer(
     reg: Registration,
     status: int,
     rid: str,
-    body: dict[str, object] | None,
+    body: Mapping[str, object] | None,
     retry: int | None = None,
 ) -> list[DpsAction]:
     topic, payload = wire.format_dps_response(status, rid, body, retry_after_s=retry)

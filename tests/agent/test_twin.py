@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from agent.twin import (
     MAX_INTERVAL_S,
+    DesiredResult,
     SensorInfo,
     Settings,
     apply_desired,
@@ -22,7 +23,9 @@ SENSORS = ["bme280@1:0x76", "bh1750@1:0x23"]
 DEFAULT = initial_settings(60.0)
 
 
-def patch(desired: dict[str, object], current: Settings = DEFAULT, version: int = 7):
+def patch(
+    desired: dict[str, object], current: Settings = DEFAULT, version: int = 7
+) -> DesiredResult:
     return apply_desired(
         desired,
         version=version,
