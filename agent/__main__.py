@@ -1,0 +1,5 @@
+"""``python -m agent``: the same as the ``device-agent`` command."""
+
+from agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,272 @@
+"""``device-agent``: the command line.
+
+Commands: ``run`` (the daemon), ``provision`` (one DPS registration, prints the
+assignment), ``status`` (cached assignment + the running daemon's live status),
+``check`` (is this device ready?), ``image-prep`` (strip state before capturing a
+golden image) and ``sensors scan|read`` (the HAL's own commands).
+
+The config path comes from ``--config``, else ``$DEVICE_AGENT_CONFIG``, else
+``/etc/device-agent/agent.toml``. Exit codes follow sysexits: any
+:class:`~agent.errors.AgentError` prints its message (no traceback) and exits with its
+``exit_code`` (78 for configuration errors, which the unit's
+``RestartPreventExitStatus=`` uses); a usage error exits 64; anything else is a bug:
+traceback and 70. The heavy parts (daemon, paho, HAL) are imported only by the
+command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from agent import __version__
+from agent.config import AgentConfig, load_config, resolve_config_path
+from agent.errors import EX_CONFIG, EX_FAILURE, EX_OK, EX_SOFTWARE, EX_USAGE, AgentError
+
+__all__ = ["build_parser", "main"]
+
+#: ``status`` exit code when no daemon is running (as LSB init scripts say it).
+EX_NOT_RUNNING = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors exit 64 (EX_USAGE) instead of 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``device-agent`` argument parser."""
+    parser = _Parser(
+        prog="device-agent",
+        description="Connects this device to Azure IoT: X.509 identity, DPS, IoT Hub telemetry.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $DEVICE_AGENT_CONFIG, else /etc/device-agent/agent.toml)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--version", action="version", version=f"device-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    run = commands.add_parser("run", help="run the agent (what the systemd unit starts)")
+    run.set_defaults(func=_run)
+
+    provision = commands.add_parser(
+        "provision", help="register with DPS once and print the assignment"
+    )
+    provision.add_argument("--json", action="store_true", help="print JSON")
+    provision.set_defaults(func=_provision)
+
+    status = commands.add_parser("status", help="cached assignment and the running daemon")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_status)
+
+    check = commands.add_parser("check", help="check config, identity, clock, DPS and sensors")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.add_argument("--offline", action="store_true", help="skip the DPS reachability check")
+    check.add_argument("--no-sensors", action="store_true", help="skip the sensor checks")
+    check.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="DPS connect timeout (10 s)"
+    )
+    check.set_defaults(func=_check)
+
+    image_prep = commands.add_parser(
+        "image-prep", help="remove all state before capturing a golden image"
+    )
+    image_prep.set_defaults(func=_image_prep)
+
+    import hal.cli
+
+    hal.cli.register_cli(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command, map errors to exit codes."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except AgentError as exc:
+        print(f"device-agent: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("device-agent: internal error (a bug; please report it)", file=sys.stderr)
+        return EX_SOFTWARE
+    return code
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    return load_config(resolve_config_path(args.config, os.environ))
+
+
+def _logging(args: argparse.Namespace, level: str) -> None:
+    from agent.logs import setup_logging
+
+    setup_logging("DEBUG" if args.verbose else level)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    _logging(args, config.log.level)
+    from agent.daemon import run
+    from agent.sdnotify import Notifier
+
+    with Notifier() as notifier:
+        return run(config, notifier=notifier)
+
+
+def _provision(args: argparse.Namespace) -> int:
+    config = _config(args)
+    _logging(args, config.log.level)
+    from agent.daemon import provision_once
+
+    assignment = provision_once(config)
+    fields = {
+        "assignedHub": assignment.assigned_hub,
+        "deviceId": assignment.device_id,
+        "provisionedAt": assignment.provisioned_at,
+        "substatus": assignment.substatus,
+        "payload": assignment.payload,
+    }
+    if args.json:
+        _print_json(fields)
+    else:
+        print(f"assigned hub:   {assignment.assigned_hub}")
+        print(f"device id:      {assignment.device_id}")
+        print(f"provisioned at: {assignment.provisioned_at}")
+        if assignment.substatus:
+            print(f"substatus:      {assignment.substatus}")
+        if assignment.payload is not None:
+            print(f"payload:        {json.dumps(assignment.payload, sort_keys=True)}")
+    return EX_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = _config(args)
+    _logging(args, "WARNING")
+    from agent.state import read_status
+
+    status = read_status(config.state.directory)
+    if args.json:
+        _print_json(status)
+    else:
+        _print_status(status, sys.stdout)
+    return EX_OK if status.get("running") else EX_NOT_RUNNING
+
+
+def _print_status(status: dict[str, object], out: TextIO) -> None:
+    running = bool(status.get("running"))
+    live = status.get("live")
+    print(f"state directory: {status.get('stateDir')}", file=out)
+    if running and isinstance(live, dict):
+        print(f"daemon:          running (pid {live.get('pid')})", file=out)
+        for key, value in sorted(live.items()):
+            if key != "pid":
+                print(f"  {key + ':':<22} {_text(value)}", file=out)
+    else:
+        print("daemon:          not running", file=out)
+    assignment = status.get("assignment")
+    if isinstance(assignment, dict):
+        print(
+            f"assignment:      {assignment.get('deviceId')} on {assignment.get('assignedHub')}"
+            f" (provisioned {assignment.get('provisionedAt')})",
+            file=out,
+        )
+    else:
+        print("assignment:      none cached (the next start registers with DPS)", file=out)
+    if status.get("lastReprovisionReason"):
+        print(f"last reprovision: {status['lastReprovisionReason']}", file=out)
+    attempts = status.get("reprovisionAttempts")
+    if isinstance(attempts, list):
+        print(f"DPS registrations in the budget window: {len(attempts)}", file=out)
+    errors = status.get("errors")
+    if isinstance(errors, list):
+        for error in errors:
+            print(f"error: {error}", file=out)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from agent.checks import CheckResult, run_checks
+
+    _logging(args, "WARNING")
+    path = resolve_config_path(args.config, os.environ)
+    results: list[CheckResult] = []
+    try:
+        config = load_config(path)
+    except AgentError as exc:
+        results.append(CheckResult("config", "fail", str(exc)))
+        _report(results, args.json, path)
+        return EX_CONFIG
+    for result in run_checks(
+        config,
+        network=not args.offline,
+        dps_timeout_s=args.timeout,
+        sensors=not args.no_sensors,
+    ):
+        results.append(result)
+        if not args.json:
+            _print_result(result)
+    if args.json:
+        _report(results, True, path)
+    problems = sum(r.status == "fail" for r in results)
+    warnings = sum(r.status == "warn" for r in results)
+    if not args.json:
+        print(f"{problems} problem(s), {warnings} warning(s).")
+    return EX_FAILURE if problems else EX_OK
+
+
+def _report(results: list[Any], as_json: bool, path: Path) -> None:
+    if as_json:
+        _print_json({"config": str(path), "results": [r.__dict__ for r in results]})
+    else:
+        for result in results:
+            _print_result(result)
+
+
+def _print_result(result: Any) -> None:
+    label = {"ok": " OK ", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}[result.status]
+    print(f"[{label}] {result.name:<24} {result.detail}", flush=True)
+
+
+def _image_prep(args: argparse.Namespace) -> int:
+    config = _config(args)
+    _logging(args, "WARNING")
+    from agent.state import read_status, strip_state
+
+    if read_status(config.state.directory).get("running"):
+        print("device-agent: the agent is running; stop it first", file=sys.stderr)
+        return EX_FAILURE
+    removed = strip_state(config.state.directory)
+    for path in removed:
+        print(f"removed {path}")
+    print(f"{config.state.directory}: no state left ({len(removed)} file(s) removed)")
+    return EX_OK
+
+
+def _print_json(value: object) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def _text(value: object) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)

@@ -1,0 +1,267 @@
+"""The ``device-agent`` CLI, run as ``python -m agent`` in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.errors import EX_CONFIG, EX_SOFTWARE, EX_USAGE
+from devcloud.pki import PKI, Issued
+from tests.support.mqtt_harness import RecordingEndpoint, ServerThread, server_context
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+
+
+def agent(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k not in ("DEVICE_AGENT_CONFIG",)}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=environment,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return PKI.create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def device(pki: PKI) -> Issued:
+    return pki.issue_device("dev-cli")
+
+
+@pytest.fixture
+def dps_endpoint() -> RecordingEndpoint:
+    return RecordingEndpoint()
+
+
+@pytest.fixture
+def dps(pki: PKI, dps_endpoint: RecordingEndpoint) -> Iterator[ServerThread]:
+    server = pki.issue_server(HOST, ip_addresses=[HOST])
+    thread = ServerThread(dps_endpoint, server_context(pki, server)).start(HOST)
+    yield thread
+    thread.stop()
+
+
+def write_config(
+    folder: Path, pki: PKI, device: Issued, *, dps_port: int = 8883, extra: str = ""
+) -> Path:
+    path = folder / "agent.toml"
+    path.write_text(
+        f"""
+[identity]
+cert_chain_path = "{device.chain_path}"
+key_path = "{device.key_path}"
+trust_anchor_paths = ["{pki.root_path}"]
+
+[dps]
+host = "{HOST}"
+port = {dps_port}
+id_scope = "0ne00000DEV"
+server_ca_path = "{pki.root_path}"
+
+[state]
+directory = "state"
+
+[hal]
+backend = "mock"
+mock_seed = 3
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_help_and_version() -> None:
+    result = agent("--help")
+    assert result.returncode == 0
+    for command in ("run", "provision", "status", "check", "image-prep", "sensors"):
+        assert command in result.stdout
+    version = agent("--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith("device-agent ")
+
+
+def test_usage_error_exits_64() -> None:
+    result = agent("frobnicate")
+    assert result.returncode == EX_USAGE
+    assert "invalid choice" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "provision", "status", "check", "image-prep"])
+def test_config_error_exits_78_naming_file_and_key(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[identity]\ncert_chain_path = "c"\nkey_path = "k"\n'
+        '[dps]\nid_scope = "0ne00000DEV"\nport = 0\n[hal]\nbackend = "mock"\n'
+    )
+    result = agent("--config", str(path), command)
+    assert result.returncode == EX_CONFIG, result.stderr
+    output = result.stderr + result.stdout
+    assert f"{path}: dps.port: expected an integer from 1 to 65535, got 0" in output
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_named_from_the_environment(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.toml"
+    result = agent("status", env={"DEVICE_AGENT_CONFIG": str(missing)})
+    assert result.returncode == EX_CONFIG
+    assert f"{missing}: no such file" in result.stderr
+
+
+def test_flag_wins_over_environment(tmp_path: Path) -> None:
+    result = agent(
+        "--config",
+        str(tmp_path / "flag.toml"),
+        "status",
+        env={"DEVICE_AGENT_CONFIG": str(tmp_path / "env.toml")},
+    )
+    assert result.returncode == EX_CONFIG
+    assert "flag.toml" in result.stderr
+    assert "env.toml" not in result.stderr
+
+
+def test_status_without_daemon_or_state(tmp_path: Path, pki: PKI, device: Issued) -> None:
+    config = write_config(tmp_path, pki, device)
+    result = agent("--config", str(config), "status")
+    assert result.returncode == 3
+    assert "not running" in result.stdout
+    assert "none cached" in result.stdout
+    as_json = agent("--config", str(config), "status", "--json")
+    assert as_json.returncode == 3
+    document = json.loads(as_json.stdout)
+    assert document["running"] is False
+    assert document["assignment"] is None
+    assert document["stateDir"] == str(tmp_path / "state")
+
+
+def test_status_of_a_running_daemon(tmp_path: Path, pki: PKI, device: Issued) -> None:
+    from agent.core import SystemClock
+    from agent.state import IdentityFingerprint, StateStore
+
+    config = write_config(tmp_path, pki, device)
+    fingerprint = IdentityFingerprint(HOST, "0ne00000DEV", "dev-cli", device.thumbprint)
+    store = StateStore(tmp_path / "state", fingerprint, clock=SystemClock())
+    store.write_status({"state": "CONNECTED", "hub": "127.0.0.3"})  # pid: this test, alive
+    result = agent("--config", str(config), "status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"running (pid {os.getpid()})" in result.stdout
+    assert "CONNECTED" in result.stdout
+    document = json.loads(agent("--config", str(config), "status", "--json").stdout)
+    assert document["running"] is True
+    assert document["live"]["hub"] == "127.0.0.3"
+
+
+def test_check_all_good(
+    tmp_path: Path, pki: PKI, device: Issued, dps: ServerThread, dps_endpoint: RecordingEndpoint
+) -> None:
+    config = write_config(tmp_path, pki, device, dps_port=dps.address[1])
+    result = agent("--config", str(config), "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for name in ("config", "clock", "certificate", "trust-chain", "state", "dps"):
+        assert any(line.startswith("[ OK ] " + name) for line in lines), (name, result.stdout)
+    assert any(line.startswith("[ OK ] sensor bme280") for line in lines), result.stdout
+    assert "0 problem(s)" in result.stdout
+    request = dps_endpoint.requests.get(timeout=10)
+    assert request.client_id == "dev-cli"
+    assert request.username is not None
+    assert request.username.startswith("0ne00000DEV/registrations/dev-cli/api-version=2019-03-31")
+    # A check registers nothing: no PUBLISH reached DPS.
+    assert dps_endpoint.publishes.empty()
+
+
+def test_check_reports_a_refusing_dps(
+    tmp_path: Path, pki: PKI, device: Issued, dps: ServerThread, dps_endpoint: RecordingEndpoint
+) -> None:
+    dps_endpoint.connack_code = 5
+    config = write_config(tmp_path, pki, device, dps_port=dps.address[1])
+    result = agent("--config", str(config), "check", "--json")
+    assert result.returncode == 1
+    results = {r["name"]: r for r in json.loads(result.stdout)["results"]}
+    assert results["dps"]["status"] == "fail"
+    assert "CONNACK 5" in results["dps"]["detail"]
+    assert results["certificate"]["status"] == "ok"
+
+
+def test_check_reports_key_permissions_and_unreachable_dps(tmp_path: Path, pki: PKI) -> None:
+    loose = pki.issue_device("dev-loose")
+    loose.key_path.chmod(0o644)
+    config = write_config(tmp_path, pki, loose, dps_port=1)
+    result = agent("--config", str(config), "check", "--no-sensors")
+    assert result.returncode == 1
+    assert f"chmod 600 {loose.key_path}" in result.stdout
+    assert "[SKIP] dps" in result.stdout
+
+
+def test_check_unreachable_dps(tmp_path: Path, pki: PKI, device: Issued) -> None:
+    config = write_config(tmp_path, pki, device, dps_port=1)
+    result = agent("--config", str(config), "check", "--no-sensors", "--timeout", "2")
+    assert result.returncode == 1
+    assert "[FAIL] dps" in result.stdout
+    assert "ECONNREFUSED" in result.stdout
+
+
+def test_check_with_a_bad_sensor_spec(tmp_path: Path, pki: PKI, device: Issued) -> None:
+    extra = "[[hal.sensors]]\npart = 'BME280'\nbus = 1\naddress = 0x10\n"
+    config = write_config(tmp_path, pki, device, extra=extra)
+    result = agent("--config", str(config), "check", "--offline")
+    assert result.returncode == 1
+    assert "[FAIL] sensor" in result.stdout
+    assert "[SKIP] dps" in result.stdout
+
+
+def test_sensors_command_is_mounted() -> None:
+    result = agent("sensors", "scan", "--backend", "mock")
+    assert result.returncode == 0, result.stderr
+    assert "BME280" in result.stdout.upper()
+
+
+def test_image_prep_strips_state(tmp_path: Path, pki: PKI, device: Issued) -> None:
+    config = write_config(tmp_path, pki, device)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.json").write_text("{}")
+    (state / "state.json.corrupt-1").write_text("{")
+    (state / "keep.txt").write_text("not ours")
+    result = agent("--config", str(config), "image-prep")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in state.iterdir()) == ["keep.txt"]
+    assert "2 file(s) removed" in result.stdout
+
+
+def test_a_bug_is_a_traceback_and_exit_70(
+    tmp_path: Path,
+    pki: PKI,
+    device: Issued,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import agent.state
+    from agent.cli import main
+
+    def broken(state_dir: Path) -> dict[str, object]:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(agent.state, "read_status", broken)
+    config = write_config(tmp_path, pki, device)
+    assert main(["--config", str(config), "status"]) == EX_SOFTWARE
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert "simulated bug" in err
