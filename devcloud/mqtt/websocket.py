@@ -181,9 +181,9 @@ class ServerWebSocket:
     def _process(self) -> Received:
         reply = bytearray()
         if self._state is _State.HANDSHAKE:
-            start = bytes(self._buffer[:4])
-            if not b"GET ".startswith(start):  # e.g. MQTT bytes on the WebSocket port
-                raise self._http_error(400, f"not an HTTP GET request: {start!r}")
+            if self._buffer and not 0x41 <= self._buffer[0] <= 0x5A:
+                # Not an HTTP method (e.g. MQTT bytes on the WebSocket port): refuse now.
+                raise self._http_error(400, f"not an HTTP request: {bytes(self._buffer[:8])!r}")
             end = self._buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buffer) > self.max_handshake_size:
