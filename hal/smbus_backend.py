@@ -28,6 +28,7 @@ _HINTS = {
     errno.ENOENT: "is I2C enabled? (dtparam=i2c_arm=on in config.txt, or raspi-config)",
     errno.EACCES: "the service user needs to be in group 'i2c'",
     errno.EPERM: "the service user needs to be in group 'i2c'",
+    errno.ENOTTY: "this file is not an I2C adapter",
 }
 
 

@@ -30,7 +30,7 @@ class Conditions:
 
 #: (base low, base high, amplitude of each sinusoid, lower bound, upper bound)
 _RANGES: dict[str, tuple[float, float, float, float, float]] = {
-    "temperature_c": (19.0, 24.0, 0.8, -40.0, 85.0),
+    "temperature_c": (19.0, 24.0, 0.8, -45.0, 130.0),
     "humidity_pct": (35.0, 55.0, 3.0, 0.0, 100.0),
     "pressure_hpa": (1000.0, 1025.0, 1.5, 300.0, 1100.0),
     "illuminance_lux": (150.0, 600.0, 60.0, 0.0, 54612.0),

@@ -1,0 +1,123 @@
+"""Status LED and reprovision button on gpiozero's MockFactory pins.
+
+Timing-dependent checks wait for events with deadlines (never a fixed sleep for
+something that can be awaited); the one negative check (a short press must not
+trigger) necessarily waits past the hold time, bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from hal.exc import GPIOError, PinUnavailableError
+from hal.gpio import LedPattern, ReprovisionButton, StatusLed, mock_pin_factory
+
+LED_PIN = 17
+BUTTON_PIN = 27
+
+
+@pytest.fixture
+def factory() -> Iterator[Any]:
+    factory: Any = mock_pin_factory()
+    yield factory
+    factory.close()
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+def test_patterns_are_distinct() -> None:
+    blinks = [p.blink for p in LedPattern]
+    assert len(set(blinks)) == len(blinks) == 4
+    assert LedPattern.CONNECTED.blink.steady
+    assert not any(p.blink.steady for p in LedPattern if p is not LedPattern.CONNECTED)
+
+
+def test_connected_is_steady_on(factory: Any) -> None:
+    led = StatusLed(LED_PIN, pin_factory=factory)
+    pin = factory.pin(LED_PIN)
+    led.show(LedPattern.CONNECTED)
+    assert pin.state is True or pin.state == 1
+    assert led.pattern is LedPattern.CONNECTED
+    led.close()
+    assert led.pattern is None
+
+
+@pytest.mark.parametrize("pattern", [LedPattern.ERROR, LedPattern.PROVISIONING])
+def test_blinking_patterns_toggle_the_pin_with_their_rhythm(
+    factory: Any, pattern: LedPattern
+) -> None:
+    led = StatusLed(LED_PIN, pin_factory=factory)
+    pin = factory.pin(LED_PIN)
+    pin.clear_states()
+    led.show(pattern)
+    # Wait for on -> off -> on: two full edges after the first.
+    assert _wait_for(
+        lambda: len(pin.states) >= 4, timeout_s=5 * (pattern.blink.on_s + pattern.blink.off_s)
+    )
+    led.close()
+    states = list(pin.states)
+    assert [bool(s.state) for s in states[1:4]] == [True, False, True]
+    on_time = states[2].timestamp  # states record the time since the previous change
+    assert on_time == pytest.approx(pattern.blink.on_s, abs=0.08)
+
+
+def test_show_same_pattern_twice_does_not_restart(factory: Any) -> None:
+    led = StatusLed(LED_PIN, pin_factory=factory)
+    pin = factory.pin(LED_PIN)
+    led.show(LedPattern.OFFLINE)
+    assert _wait_for(lambda: bool(pin.state))
+    pin.clear_states()
+    led.show(LedPattern.OFFLINE)  # no restart: no immediate extra edge
+    assert len(pin.states) == 1
+    led.show(LedPattern.CONNECTED)
+    assert _wait_for(lambda: bool(pin.state))
+    led.close()
+
+
+def test_long_press_requests_reprovisioning(factory: Any) -> None:
+    pressed = threading.Event()
+    button = ReprovisionButton(BUTTON_PIN, pressed.set, hold_time_s=0.05, pin_factory=factory)
+    pin = factory.pin(BUTTON_PIN)
+    pin.drive_low()  # pressed (to ground, pull-up)
+    assert pressed.wait(3.0)
+    assert button.is_pressed
+    pin.drive_high()
+    button.close()
+
+
+def test_short_press_does_nothing(factory: Any) -> None:
+    pressed = threading.Event()
+    button = ReprovisionButton(BUTTON_PIN, pressed.set, hold_time_s=0.2, pin_factory=factory)
+    pin = factory.pin(BUTTON_PIN)
+    pin.drive_low()
+    pin.drive_high()
+    assert not pressed.wait(0.4)
+    button.close()
+
+
+def test_pin_in_use_is_a_hal_error(factory: Any) -> None:
+    led = StatusLed(LED_PIN, pin_factory=factory)
+    with pytest.raises(PinUnavailableError) as info:
+        StatusLed(LED_PIN, pin_factory=factory)
+    assert isinstance(info.value, GPIOError) and isinstance(info.value, OSError)
+    assert "17" in str(info.value)
+    led.close()
+
+
+def test_invalid_pin_is_a_hal_error(factory: Any) -> None:
+    with pytest.raises(PinUnavailableError):
+        ReprovisionButton("GPIO99", lambda: None, pin_factory=factory)
+    with pytest.raises(ValueError):
+        ReprovisionButton(BUTTON_PIN, lambda: None, hold_time_s=0, pin_factory=factory)
