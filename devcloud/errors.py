@@ -9,6 +9,8 @@ class again from that JSON. Leaves also subclass the fitting builtin.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DevCloudError(Exception):
     """Root of every devcloud error. ``status`` is the HTTP / DPS status code."""
@@ -114,3 +116,15 @@ BY_STATUS: dict[int, type[DevCloudError]] = {
 def error_body(error: DevCloudError, tracking_id: str) -> dict[str, object]:
     """The JSON body the real services send with an error status."""
     return {"errorCode": error.error_code, "message": error.message, "trackingId": tracking_id}
+
+
+class TelemetryTimeoutError(DevCloudError, TimeoutError):
+    """Raised by the client when fewer messages than awaited arrived before the deadline."""
+
+    status = 408
+    error_code = 408000
+
+    def __init__(self, message: str, *, received: list[Any]) -> None:
+        super().__init__(message)
+        #: The messages that did arrive.
+        self.received = received
