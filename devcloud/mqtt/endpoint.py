@@ -10,6 +10,21 @@ client certificate chain; a service that accepts returns a :class:`DeviceSession
 and the server then routes that connection's SUBSCRIBE and PUBLISH to it. The
 service talks back to the device only through the :class:`Connection` it was given,
 so a response can only ever reach the connection that asked.
+
+Ordering guarantees of :class:`devcloud.mqtt.server.MQTTServer` (all callbacks run on
+its event loop, one packet at a time per connection):
+
+- ``authenticate`` runs once per CONNECT that names protocol ("MQTT", 4) and a
+  non-empty client id; the server answers CONNACK 1 / 2 itself otherwise.
+- When a client id connects again, the old connection is closed *after* the new
+  one's ``authenticate`` accepted and before its CONNACK: the old session's
+  ``on_disconnect`` then runs after the new session exists, so a service that keeps
+  sessions by id must check identity (``if self.sessions.get(id) is session``).
+- ``on_disconnect`` runs exactly once per accepted session, synchronously inside
+  :meth:`Connection.close` or when the socket goes away.
+- A subscription is recorded when ``on_subscribe`` returns, so a ``publish`` made
+  inside ``on_subscribe`` for that filter is dropped; schedule it with
+  ``loop.call_soon`` (it then follows the SUBACK).
 """
 
 from __future__ import annotations
@@ -53,11 +68,23 @@ class Connection(Protocol):
     def client_id(self) -> str: ...
 
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
-        """Send a PUBLISH to this connection only, if it is subscribed to ``topic``."""
+        """Send a PUBLISH to this connection only, if it is subscribed to ``topic``.
+
+        Delivered at the lower of ``qos`` and the granted QoS; silently dropped (and
+        logged) when no subscription matches or the connection is closed. QoS 1
+        messages stay in the MQTT session until PUBACK and are sent again (DUP) when
+        a clean-session-0 client reconnects. Raises ``MalformedPacket`` (a
+        ``ValueError``) for a topic with wildcards or a QoS other than 0 or 1. Safe to
+        call from any thread.
+        """
         ...
 
     def close(self, reason: str) -> None:
-        """Drop the connection from the server side (as the hub does for a disabled device)."""
+        """Drop the connection from the server side (as the hub does for a disabled device).
+
+        The session's ``on_disconnect(reason)`` runs before this returns (when called
+        on the server's loop). Safe to call from any thread; idempotent.
+        """
         ...
 
 
@@ -72,7 +99,11 @@ class DeviceSession(Protocol):
     """A service's view of one accepted connection."""
 
     def on_subscribe(self, topic_filter: str, qos: int) -> int:
-        """Return the granted QoS (0 or 1) or 0x80 to refuse this filter."""
+        """Return the granted QoS (0 or 1) or 0x80 to refuse this filter.
+
+        ``qos`` is the requested QoS capped at 1 (IoT Hub grants at most 1). A grant
+        above the request is lowered to it; anything but 0, 1, 0x80 is a refusal.
+        """
         ...
 
     def on_publish(self, topic: str, payload: bytes, qos: int) -> None:

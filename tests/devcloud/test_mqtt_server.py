@@ -651,3 +651,30 @@ def test_plain_mqtt_on_the_websocket_port_is_refused(
         raw.send(Connect("not-websocket"))
         assert raw.read_all().startswith(b"HTTP/1.1 400 ")
     assert endpoint.requests == []
+
+
+def test_a_client_that_stops_reading_is_dropped_as_slow_consumer(
+    pki: PKI, server_identity: Issued, ca: Path
+) -> None:
+    endpoint = RecordingEndpoint()
+    tls = server_tls_factory(pki, server_identity)
+    with ServerThread(endpoint, tls, max_write_buffer=256 * 1024) as server:
+        with RawClient(server.address, ca, pki.issue_device("slow")) as slow:
+            assert slow.connect("slow") == ConnAck(False, 0)
+            slow.send(Subscribe(1, (("c2d/#", 0),)))
+            assert slow.receive() == SubAck(1, (0,))
+            connection = endpoint.session("slow").connection
+
+            def flood() -> int:
+                sent = 0
+                while not connection.closed and sent < 2000:  # at most 32 MiB
+                    connection.publish("c2d/x", bytes(16 * 1024), 0)
+                    sent += 1
+                return sent
+
+            assert server.call(flood) < 2000
+            reason = endpoint.wait_disconnected(endpoint.session("slow"))
+            assert "slow consumer" in reason
+        # The server still serves others.
+        with RawClient(server.address, ca, pki.issue_device("fast")) as fast:
+            assert fast.connect("fast") == ConnAck(False, 0)
