@@ -5,13 +5,15 @@ Theory of operation: constructing a driver does no I/O. The first :meth:`read`
 (calibration, serial number). Any HAL error during set-up or a measurement marks
 the driver "not ready", so the next :meth:`read` starts again from identification:
 a chip that disappeared and came back (power-on reset, registers at defaults) is
-picked up again without the caller doing anything. Waits go through the injected
+picked up again without the caller doing anything. A sensor takes one measurement
+at a time (a lock), so it may be read from any thread. Waits go through the injected
 ``sleep`` so tests run instantly and can assert the durations requested.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from typing import ClassVar
@@ -50,6 +52,8 @@ class I2CSensor:
         self._sleep = sleep
         self._ready = False
         self._closed = False
+        # One measurement at a time: a read is several transfers and waits.
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return (
@@ -87,35 +91,38 @@ class I2CSensor:
         Raises :class:`hal.exc.I2CError` if the chip does not answer and
         :class:`hal.exc.SensorError` subclasses if it is not the expected part.
         """
-        self._check_open()
-        if self._ready:
-            return
-        try:
-            self._setup()
-        except HALError:
-            self._ready = False
-            raise
-        self._ready = True
+        with self._lock:
+            self._check_open()
+            if self._ready:
+                return
+            try:
+                self._setup()
+            except HALError:
+                self._ready = False
+                raise
+            self._ready = True
 
     def read(self) -> dict[str, float]:
         """Take one measurement and return it keyed by quantity (units in the names)."""
-        self.setup()
-        try:
-            return self._measure()
-        except HALError:
-            self._ready = False
-            raise
+        with self._lock:
+            self.setup()
+            try:
+                return self._measure()
+            except HALError:
+                self._ready = False
+                raise
 
     def close(self) -> None:
         """Put the chip to sleep where the part supports it; idempotent, never raises
         for a chip that has gone away."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._ready:
-            with contextlib.suppress(I2CError):
-                self._power_down()
-        self._ready = False
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._ready:
+                with contextlib.suppress(I2CError):
+                    self._power_down()
+            self._ready = False
 
     def _check_open(self) -> None:
         if self._closed:

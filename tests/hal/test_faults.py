@@ -137,3 +137,33 @@ def test_close_on_a_vanished_chip_does_not_raise(board: Board, clock: ManualCloc
     board.remove(1, 0x23)
     sensor.close()
     assert [t.error for t in board.log][-1] == errno.ENXIO  # it did try to power down
+
+
+def test_one_sensor_read_from_many_threads(board: Board) -> None:
+    """Reads serialise per sensor: concurrent reads never interleave their transfers."""
+    import threading
+
+    from hal.sim.clock import RealClock
+
+    real = Board(clock=RealClock())
+    from hal.sim.bosch import SimBME280
+
+    real.attach(1, 0x76, SimBME280())
+    sensor = BME280(real.bus(1), 0x76)
+    results: list[dict[str, float]] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(3):
+                results.append(sensor.read())
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == [] and len(results) == 12

@@ -48,7 +48,7 @@ def test_connected_is_steady_on(factory: Any) -> None:
     led = StatusLed(LED_PIN, pin_factory=factory)
     pin = factory.pin(LED_PIN)
     led.show(LedPattern.CONNECTED)
-    assert pin.state is True or pin.state == 1
+    assert pin.state
     assert led.pattern is LedPattern.CONNECTED
     led.close()
     assert led.pattern is None
@@ -70,7 +70,9 @@ def test_blinking_patterns_toggle_the_pin_with_their_rhythm(
     states = list(pin.states)
     assert [bool(s.state) for s in states[1:4]] == [True, False, True]
     on_time = states[2].timestamp  # states record the time since the previous change
-    assert on_time == pytest.approx(pattern.blink.on_s, abs=0.08)
+    # Late is possible on a loaded machine, early is not; the bounds still tell the
+    # 0.1 s ERROR flicker from the 0.5 s PROVISIONING blink.
+    assert pattern.blink.on_s - 0.02 <= on_time <= pattern.blink.on_s + 0.25
 
 
 def test_show_same_pattern_twice_does_not_restart(factory: Any) -> None:
@@ -121,3 +123,17 @@ def test_invalid_pin_is_a_hal_error(factory: Any) -> None:
         ReprovisionButton("GPIO99", lambda: None, pin_factory=factory)
     with pytest.raises(ValueError):
         ReprovisionButton(BUTTON_PIN, lambda: None, hold_time_s=0, pin_factory=factory)
+
+
+def test_mock_backend_supplies_a_mock_pin_factory() -> None:
+    from hal.backend import open_backend
+
+    backend = open_backend("mock")
+    factory: Any = backend.pin_factory
+    assert type(factory).__name__ == "MockFactory"
+    assert id(backend.pin_factory) == id(factory)  # one factory per backend
+    led = StatusLed(LED_PIN, pin_factory=factory)
+    led.show(LedPattern.CONNECTED)
+    assert factory.pin(LED_PIN).state
+    led.close()
+    backend.close()

@@ -16,7 +16,7 @@ import pytest
 
 from hal.backend import open_backend
 from hal.drivers.bme280 import BME280
-from hal.exc import BusUnavailableError, I2CError, InvalidAddressError
+from hal.exc import BusUnavailableError, I2CError, InvalidAddressError, UnknownBackendError
 from hal.smbus_backend import SMBusBackend
 
 
@@ -25,6 +25,13 @@ def test_open_backend_smbus_opens_nothing_until_asked() -> None:
     assert backend.kind == "smbus"
     assert backend.pin_factory is None
     backend.close()
+
+
+def test_backends_are_named_explicitly() -> None:
+    with pytest.raises(UnknownBackendError, match="smbus, mock"):
+        open_backend("fake")  # type: ignore[arg-type]
+    with pytest.raises(UnknownBackendError, match="default"):
+        open_backend("mock", mock_board="nonesuch")
 
 
 def test_missing_bus_device(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ section 4.6 (conversion formulas at their end points), BH1750FVI datasheet
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hal.crc import crc8, pack_words, words_with_crc
 from hal.drivers.bh1750 import lux_from_count
@@ -91,6 +93,17 @@ def test_sensirion_crc_example() -> None:
     assert crc8(b"\xbe\xef") == 0x92
     assert words_with_crc("t", b"\xbe\xef\x92") == [0xBEEF]
     assert pack_words([0xBEEF]) == b"\xbe\xef\x92"
+
+
+@given(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=4), st.data())
+def test_crc_catches_every_single_bit_error(words: list[int], data: st.DataObject) -> None:
+    packed = bytearray(pack_words(words))
+    assert words_with_crc("t", bytes(packed)) == words
+    # CRC-8 with x^8+x^5+x^4+1 detects every single-bit error in a 16-bit word.
+    bit = data.draw(st.integers(0, len(packed) * 8 - 1))
+    packed[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(CRCError):
+        words_with_crc("t", bytes(packed))
 
 
 def test_crc_mismatch_names_the_word() -> None:
