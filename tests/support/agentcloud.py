@@ -1,0 +1,233 @@
+"""The real agent against a real devcloud over TLS on loopback, for integration tests.
+
+Each :class:`Cloud` takes its own 127.x.y.z addresses (DPS .2, hubs .3 and .4, REST .1)
+and one free port shared by DPS and both hubs (the agent's config has one hub port for
+every hub, as Azure does), so nothing clashes with another test or devcloud's defaults.
+:class:`AgentThread` runs :class:`agent.daemon.Daemon` in a thread of the test process;
+:func:`wait_until` polls a condition against a deadline (no fixed sleeps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.config import AgentConfig, load_config
+from agent.daemon import Daemon
+from agent.lifecycle import State
+from devcloud.app import DevCloudConfig, DevCloudHandle, DevCloudThread, HubSpec
+from devcloud.pki import PKI, Issued
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T | bool | None],
+    *,
+    timeout_s: float = 10.0,
+    what: str = "condition",
+    interval_s: float = 0.02,
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    for _ in range(int(timeout_s / interval_s) + 10):
+        last = predicate()
+        if last:
+            return last  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _addresses() -> tuple[str, str, str, str]:
+    """Four unused-looking loopback addresses for one test."""
+    a, b = random.randint(16, 250), random.randint(1, 250)
+    prefix = f"127.{a}.{b}"
+    return f"{prefix}.1", f"{prefix}.2", f"{prefix}.3", f"{prefix}.4"
+
+
+@dataclass
+class Cloud:
+    """A running devcloud plus what an agent config needs to reach it."""
+
+    handle: DevCloudHandle
+    dps_host: str
+    port: int
+    state_dir: Path
+
+    @property
+    def client(self) -> Any:
+        return self.handle.client
+
+    @property
+    def pki(self) -> PKI:
+        return self.handle.pki
+
+    def hub_host(self, name: str) -> str:
+        return self.handle.hub_hostname(name)
+
+    def hub_of(self, hostname: str) -> str:
+        return self.handle.hub_name(hostname)
+
+
+@contextlib.contextmanager
+def running_cloud(tmp: Path, **overrides: Any) -> Iterator[Cloud]:
+    """devcloud on fresh loopback addresses; ``overrides`` go to :class:`DevCloudConfig`."""
+    last_error: Exception | None = None
+    for _ in range(5):  # a random address/port may be taken; try a few
+        rest, dps, hub1, hub2 = _addresses()
+        try:
+            port = _free_port(dps)
+            config = DevCloudConfig(
+                state_dir=tmp / "devcloud",
+                dps_host=dps,
+                dps_port=port,
+                hubs=(HubSpec("hub1", hub1, port), HubSpec("hub2", hub2, port)),
+                rest_host=rest,
+                rest_port=0,
+                assignment_delay_s=0.05,
+                **overrides,
+            )
+            runner = DevCloudThread(config)
+            handle = runner.__enter__()
+        except OSError as exc:
+            last_error = exc
+            continue
+        try:
+            yield Cloud(handle, dps, port, config.state_dir)
+        finally:
+            runner.__exit__(None, None, None)
+        return
+    raise AssertionError(f"could not start devcloud: {last_error}")
+
+
+def issue_device(cloud: Cloud, registration_id: str, **kwargs: Any) -> Issued:
+    """A device certificate from devcloud's PKI (signed by the intermediate)."""
+    return cloud.pki.issue_device(registration_id, **kwargs)
+
+
+def write_config(
+    path: Path,
+    cloud: Cloud,
+    device: Issued,
+    *,
+    state_dir: Path,
+    dps_host: str | None = None,
+    dps_port: int | None = None,
+    sensors: str = (
+        '[{part = "TMP102", bus = 1, address = 0x48}, {part = "BH1750", bus = 1, address = 0x23}]'
+    ),
+    interval_s: float = 0.2,
+    lifecycle: dict[str, float] | None = None,
+    extra: str = "",
+) -> AgentConfig:
+    """Write an agent TOML for ``cloud`` and load it through the real loader."""
+    timing = {
+        "backoff_base_s": 0.05,
+        "backoff_cap_s": 0.5,
+        "long_outage_s": 30.0,
+        "dps_backoff_cap_s": 0.5,
+        "rejected_retry_s": 1.0,
+        "reprovision_budget": 6,
+        "reprovision_window_s": 3600.0,
+        "connect_timeout_s": 3.0,
+    }
+    timing.update(lifecycle or {})
+    ca = cloud.pki.root_path
+    lines = "\n".join(f"{k} = {v!r}" for k, v in timing.items())
+    path.write_text(
+        f"""
+[identity]
+keystore = "file"
+cert_chain_path = "{device.chain_path}"
+key_path = "{device.key_path}"
+trust_anchor_paths = ["{ca}"]
+
+[dps]
+host = "{dps_host or cloud.dps_host}"
+port = {dps_port or cloud.port}
+id_scope = "{cloud.handle.id_scope}"
+server_ca_path = "{ca}"
+
+[dps.payload]
+model = "integration-test"
+
+[hub]
+port = {cloud.port}
+server_ca_path = "{ca}"
+keep_alive_s = 30
+
+[lifecycle]
+{lines}
+
+[telemetry]
+interval_s = {interval_s}
+queue_max_messages = 1000
+max_in_flight = 10
+
+[state]
+directory = "{state_dir}"
+
+[hal]
+backend = "mock"
+mock_seed = 1
+sensors = {sensors}
+
+[log]
+level = "DEBUG"
+{extra}
+"""
+    )
+    return load_config(path)
+
+
+class AgentThread:
+    """The real daemon in a thread; ``stop()`` is what SIGTERM does."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.daemon = Daemon(config)
+        self.exit_code: int | None = None
+        self._thread = threading.Thread(target=self._run, name="agent-under-test", daemon=True)
+
+    def _run(self) -> None:
+        self.exit_code = self.daemon.run()
+
+    def start(self) -> AgentThread:
+        self._thread.start()
+        return self
+
+    @property
+    def state(self) -> State:
+        return self.daemon.state
+
+    def wait_state(self, state: State, timeout_s: float = 15.0) -> None:
+        wait_until(lambda: self.daemon.state is state, timeout_s=timeout_s, what=f"agent {state}")
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        self.daemon.request_stop()
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "the agent did not stop"
+        assert self.exit_code is not None
+        return self.exit_code
+
+    def __enter__(self) -> AgentThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self.stop()
