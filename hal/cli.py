@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from hal.backend import BACKEND_KINDS, Backend, MockBackend, open_backend
-from hal.exc import BusUnavailableError, HALError
+from hal.exc import BusUnavailableError, HALError, UnknownBackendError
 from hal.sensor import UNITS, SensorSpec
 
 EX_OK = 0
@@ -127,7 +127,7 @@ def _open(args: argparse.Namespace) -> Backend:
     if args.faults:
         if not isinstance(backend, MockBackend):
             backend.close()
-            raise HALError("--mock-fault needs --backend mock")
+            raise UnknownBackendError("--mock-fault needs --backend mock")
         board = backend.board
         for kind, bus, address in args.faults:
             if kind == "stuck":
