@@ -73,7 +73,6 @@ _ID_SCOPE_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
 REGISTRATION_ID_RE = re.compile(r"^[A-Za-z0-9\-._:]{0,127}[A-Za-z0-9\-]$")
 _API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 _PIN_NAME_RE = re.compile(r"^[A-Za-z0-9_:]{1,32}$")
-_SENSOR_PART_RE = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -365,9 +364,17 @@ def _hal(t: _Table) -> HalConfig:
 
 
 def _sensor_spec(t: _Table) -> SensorSpec:
-    part = t.string("part")
-    if not _SENSOR_PART_RE.match(part):
-        raise t.error("part", "expected a part number such as 'BME280'")
+    from hal.discovery import PARTS, canonical_part
+    from hal.exc import UnknownPartError
+
+    raw_part = t.string("part")
+    try:
+        part = canonical_part(raw_part)
+    except UnknownPartError:
+        supported = ", ".join(sorted(PARTS))
+        raise t.error(
+            "part", f"expected a supported part ({supported}), got {raw_part!r}"
+        ) from None
     spec = SensorSpec(
         part=part,
         bus=t.integer("bus", None, 0, 1023),

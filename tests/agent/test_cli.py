@@ -265,3 +265,24 @@ def test_a_bug_is_a_traceback_and_exit_70(
     err = capsys.readouterr().err
     assert "Traceback" in err
     assert "simulated bug" in err
+
+
+@pytest.mark.parametrize(
+    ("example", "pki_dir", "device_id"),
+    [
+        ("agent.devcloud.toml", "deploy/pki", "device-001"),
+        ("agent.laptop.toml", "demo-run/pki", "laptop-1"),
+    ],
+)
+def test_example_configs_match_the_pki_layout(
+    tmp_path: Path, example: str, pki_dir: str, device_id: str
+) -> None:
+    # The examples name files where `devcloud pki device ID --dir DIR` puts them.
+    (tmp_path / "deploy").mkdir()
+    config = tmp_path / "deploy" / example
+    config.write_text((REPO / "deploy" / example).read_text())
+    PKI.create(tmp_path / pki_dir).issue_device(device_id)
+    result = agent("--config", str(config), "check", "--offline", "--no-sensors")
+    assert "[ OK ] certificate" in result.stdout, result.stdout
+    assert "[FAIL]" not in result.stdout, result.stdout
+    assert result.returncode == 0

@@ -154,6 +154,10 @@ part = "BH1750"
 bus = 3
 address = 0x23
 name = "light"
+[[hal.sensors]]
+part = "sht31"
+bus = 1
+address = 0x44
 
 [log]
 level = "debug"
@@ -177,6 +181,7 @@ level = "debug"
     assert config.hal.sensors == (
         SensorSpec(part="BME280", bus=1, address=0x76),
         SensorSpec(part="BH1750", bus=3, address=0x23, name="light"),
+        SensorSpec(part="SHT3x", bus=1, address=0x44),  # an alias, made canonical
     )
     assert config.hal.buses == (1, 3)
     assert (config.hal.led_pin, config.hal.button_pin, config.hal.mock_seed) == (17, "GPIO27", 7)
@@ -241,6 +246,11 @@ def test_config_is_frozen(tmp_path: Path) -> None:
             "from 3 to 119",
         ),
         ("[[hal.sensors]]\npart = 'BME280'\naddress = 0x76\n", "hal.sensors[0].bus", "missing"),
+        (
+            "[[hal.sensors]]\npart = 'XYZ123'\nbus = 1\naddress = 0x76\n",
+            "hal.sensors[0].part",
+            "expected a supported part (BH1750, BME280",
+        ),
         (
             "[[hal.sensors]]\npart = 'BME280'\nbus = 1\naddress = 0x76\nspeed = 1\n",
             "hal.sensors[0].speed",
