@@ -28,6 +28,16 @@ def factory() -> Iterator[Any]:
     factory.close()
 
 
+@pytest.fixture(autouse=True)
+def no_thread_left_behind() -> Iterator[None]:
+    """gpiozero's blink and hold threads must be gone once devices are closed."""
+    before = set(threading.enumerate())
+    yield
+    assert _wait_for(lambda: set(threading.enumerate()) <= before), [
+        t.name for t in set(threading.enumerate()) - before
+    ]
+
+
 def _wait_for(condition: Callable[[], bool], timeout_s: float = 3.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
