@@ -48,13 +48,13 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def _addresses() -> tuple[str, str, str, str]:
+def fresh_addresses() -> tuple[str, str, str, str]:
     """Four unused-looking loopback addresses for one test."""
     a, b = random.randint(16, 250), random.randint(1, 250)
     prefix = f"127.{a}.{b}"
@@ -86,18 +86,24 @@ class Cloud:
 
 
 @contextlib.contextmanager
-def running_cloud(tmp: Path, **overrides: Any) -> Iterator[Cloud]:
-    """devcloud on fresh loopback addresses; ``overrides`` go to :class:`DevCloudConfig`."""
+def running_cloud(
+    tmp: Path,
+    *,
+    addresses: tuple[str, str, str, str] | None = None,
+    port: int | None = None,
+    **overrides: Any,
+) -> Iterator[Cloud]:
+    """devcloud on fresh loopback addresses (or the given ones: REST, DPS, hub1, hub2)."""
     last_error: Exception | None = None
     for _ in range(5):  # a random address/port may be taken; try a few
-        rest, dps, hub1, hub2 = _addresses()
+        rest, dps, hub1, hub2 = addresses or fresh_addresses()
         try:
-            port = _free_port(dps)
+            chosen = port or free_port(dps)
             config = DevCloudConfig(
                 state_dir=tmp / "devcloud",
                 dps_host=dps,
-                dps_port=port,
-                hubs=(HubSpec("hub1", hub1, port), HubSpec("hub2", hub2, port)),
+                dps_port=chosen,
+                hubs=(HubSpec("hub1", hub1, chosen), HubSpec("hub2", hub2, chosen)),
                 rest_host=rest,
                 rest_port=0,
                 assignment_delay_s=0.05,
@@ -109,7 +115,7 @@ def running_cloud(tmp: Path, **overrides: Any) -> Iterator[Cloud]:
             last_error = exc
             continue
         try:
-            yield Cloud(handle, dps, port, config.state_dir)
+            yield Cloud(handle, dps, chosen, config.state_dir)
         finally:
             runner.__exit__(None, None, None)
         return
@@ -123,12 +129,15 @@ def issue_device(cloud: Cloud, registration_id: str, **kwargs: Any) -> Issued:
 
 def write_config(
     path: Path,
-    cloud: Cloud,
+    cloud: Cloud | None,
     device: Issued,
     *,
     state_dir: Path,
     dps_host: str | None = None,
     dps_port: int | None = None,
+    hub_port: int | None = None,
+    id_scope: str | None = None,
+    ca_path: Path | None = None,
     sensors: str = (
         '[{part = "TMP102", bus = 1, address = 0x48}, {part = "BH1750", bus = 1, address = 0x23}]'
     ),
@@ -148,7 +157,12 @@ def write_config(
         "connect_timeout_s": 3.0,
     }
     timing.update(lifecycle or {})
-    ca = cloud.pki.root_path
+    ca = ca_path or (cloud.pki.root_path if cloud else None)
+    dps_host = dps_host or (cloud.dps_host if cloud else None)
+    dps_port = dps_port or (cloud.port if cloud else None)
+    hub_port = hub_port or (cloud.port if cloud else None)
+    id_scope = id_scope or (cloud.handle.id_scope if cloud else None)
+    assert ca and dps_host and dps_port and hub_port and id_scope, "no cloud: give every endpoint"
     lines = "\n".join(f"{k} = {v!r}" for k, v in timing.items())
     path.write_text(
         f"""
@@ -159,16 +173,16 @@ key_path = "{device.key_path}"
 trust_anchor_paths = ["{ca}"]
 
 [dps]
-host = "{dps_host or cloud.dps_host}"
-port = {dps_port or cloud.port}
-id_scope = "{cloud.handle.id_scope}"
+host = "{dps_host}"
+port = {dps_port}
+id_scope = "{id_scope}"
 server_ca_path = "{ca}"
 
 [dps.payload]
 model = "integration-test"
 
 [hub]
-port = {cloud.port}
+port = {hub_port}
 server_ca_path = "{ca}"
 keep_alive_s = 30
 
