@@ -279,6 +279,18 @@ def test_subscribe_asks_the_session_per_filter_and_caps_qos(
         assert raw.receive() == PingResp()
 
 
+def test_grants_above_the_request_or_invalid_are_corrected(
+    server: ServerThread, endpoint: RecordingEndpoint, ca: Path, device: Issued
+) -> None:
+    endpoint.grants.update({"greedy": 1, "invalid": 2})
+    with RawClient(server.address, ca, device) as raw:
+        assert raw.connect("grants") == ConnAck(False, 0)
+        raw.send(Subscribe(5, (("greedy", 0), ("invalid", 1))))
+        assert raw.receive() == SubAck(5, (0, 0x80))
+        connection = endpoint.session("grants").connection
+        assert server.call(lambda: connection.subscriptions) == {"greedy": 0}
+
+
 def test_qos1_is_acknowledged_both_ways(
     server: ServerThread, endpoint: RecordingEndpoint, pki: PKI
 ) -> None:

@@ -137,13 +137,20 @@ class RecordingSession:
     connection: MQTTConnection
     subscribed: list[tuple[str, int]] = field(default_factory=list)
     published: list[tuple[str, bytes, int]] = field(default_factory=list)
-    disconnect_reason: str | None = None
+    disconnect_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def disconnect_reason(self) -> str | None:
+        """The reason ``on_disconnect`` was given, None while connected."""
+        return self.disconnect_reasons[0] if self.disconnect_reasons else None
 
     def on_subscribe(self, topic_filter: str, qos: int) -> int:
-        """Grant what was asked, except filters the endpoint refuses (0x80)."""
+        """Grant what was asked, except filters the endpoint refuses or overrides."""
         with self.endpoint.changed:
             self.subscribed.append((topic_filter, qos))
             self.endpoint.changed.notify_all()
+        if topic_filter in self.endpoint.grants:
+            return self.endpoint.grants[topic_filter]
         return 0x80 if topic_filter in self.endpoint.refused_filters else qos
 
     def on_publish(self, topic: str, payload: bytes, qos: int) -> None:
@@ -157,8 +164,7 @@ class RecordingSession:
     def on_disconnect(self, reason: str) -> None:
         """Record the reason."""
         with self.endpoint.changed:
-            assert self.disconnect_reason is None, "on_disconnect called twice"
-            self.disconnect_reason = reason
+            self.disconnect_reasons.append(reason)
             self.endpoint.changed.notify_all()
 
 
@@ -172,6 +178,8 @@ class RecordingEndpoint:
         #: client id -> CONNACK code to refuse it with.
         self.connack_codes: dict[str, int] = {}
         self.refused_filters: set[str] = set()
+        #: filter -> what on_subscribe returns, whatever was requested.
+        self.grants: dict[str, int] = {}
         self.forbidden_topics: set[str] = set()
         self.raise_in_authenticate = False
 
@@ -209,8 +217,8 @@ class RecordingEndpoint:
     def wait_disconnected(self, session: RecordingSession) -> str:
         """Wait for ``session.on_disconnect`` and return its reason."""
         self.wait(lambda: session.disconnect_reason is not None)
-        assert session.disconnect_reason is not None
-        return session.disconnect_reason
+        assert len(session.disconnect_reasons) == 1, session.disconnect_reasons
+        return session.disconnect_reasons[0]
 
 
 # --- clients -------------------------------------------------------------------------------
