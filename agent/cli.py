@@ -180,7 +180,7 @@ def _print_status(status: dict[str, object], out: TextIO) -> None:
         print(f"daemon:          running (pid {live.get('pid')})", file=out)
         for key, value in sorted(live.items()):
             if key != "pid":
-                print(f"  {key + ':':<22} {_text(value)}", file=out)
+                print(f"  {key + ':':<26} {_text(value)}", file=out)
     else:
         print("daemon:          not running", file=out)
     assignment = status.get("assignment")

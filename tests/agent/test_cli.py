@@ -286,3 +286,47 @@ def test_example_configs_match_the_pki_layout(
     assert "[ OK ] certificate" in result.stdout, result.stdout
     assert "[FAIL]" not in result.stdout, result.stdout
     assert result.returncode == 0
+
+
+def test_run_under_systemd_notify_protocol(tmp_path: Path, pki: PKI, device: Issued) -> None:
+    """`run` says READY (offline is fine), pings the watchdog, and stops cleanly on SIGTERM."""
+    import signal
+    import socket
+
+    config = write_config(tmp_path, pki, device, dps_port=1)  # DPS refuses: agent retries
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20.0)
+    environment = {k: v for k, v in os.environ.items() if k != "DEVICE_AGENT_CONFIG"}
+    environment.update(NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="2000000")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--config", str(config), "run"],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        seen: list[str] = []
+
+        def until(line: str) -> None:
+            for _ in range(200):
+                message = notify.recv(4096).decode()
+                seen.extend(message.split("\n"))
+                if line in seen:
+                    return
+            raise AssertionError(f"{line} never came; got {seen}")
+
+        until("READY=1")
+        until("WATCHDOG=1")
+        assert any(item.startswith("STATUS=") for item in seen)
+        process.send_signal(signal.SIGTERM)
+        until("STOPPING=1")
+        _, stderr = process.communicate(timeout=20)
+        assert process.returncode == 0, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+        notify.close()
