@@ -95,6 +95,7 @@ class Daemon:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._own_notifier = notifier is None
         self.notifier = notifier or Notifier()
         self.clock: Clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -694,7 +695,8 @@ class Daemon:
             except Exception as exc:
                 log.warning("closing %r: %s", closer, exc)
         self._write_status("STOPPED")
-        self.notifier.close()
+        if self._own_notifier:
+            self.notifier.close()
         log.info("stopped")
 
 
