@@ -23,6 +23,7 @@ TLS, used to drive devcloud over the wire as a real device would).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -38,6 +39,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from devcloud.app import DevCloudConfig, DevCloudHandle, DevCloudThread, HubSpec
 from devcloud.mqtt.endpoint import ConnectRequest
 from devcloud.pki import PKI, Issued
 
@@ -118,7 +120,49 @@ def pki_fixture(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return PKI.create(tmp_path_factory.mktemp("pki"))
 
 
+def devcloud_config(state_dir: Path, **overrides: Any) -> DevCloudConfig:
+    """A config on fresh 127.x.y.z addresses and free ports, fast assignment, memory state."""
+    hubs = overrides.pop("hubs", None)
+    if hubs is None:
+        hubs = (
+            HubSpec("hub1", free_loopback_address(), 0),
+            HubSpec("hub2", free_loopback_address(), 0),
+        )
+    fields: dict[str, Any] = {
+        "dps_host": free_loopback_address(),
+        "dps_port": 0,
+        "rest_port": 0,
+        "assignment_delay_s": 0.05,
+        "hubs": hubs,
+    }
+    fields.update(overrides)
+    return DevCloudConfig(state_dir=state_dir, **fields)
+
+
+@contextlib.contextmanager
+def running_devcloud(
+    state_dir: Path, *, pki: PKI | None = None, **overrides: Any
+) -> Iterator[DevCloudHandle]:
+    """Run a devcloud (see :func:`devcloud_config`) for the ``with`` block; check it stopped."""
+    runner = DevCloudThread(devcloud_config(state_dir, **overrides), pki=pki)
+    with runner as cloud:
+        yield cloud
+    leftover = [t for t in threading.enumerate() if t.name == "devcloud"]
+    assert not leftover, f"devcloud threads left running: {leftover}"
+
+
+@pytest.fixture(name="devcloud")
+def devcloud_fixture(tmp_path: Path) -> Iterator[DevCloudHandle]:
+    """A running devcloud with the default group, in-memory state, random addresses."""
+    with running_devcloud(tmp_path / "devcloud") as cloud:
+        yield cloud
+
+
 # -- a paho-mqtt device --------------------------------------------------------------------
+
+
+#: paho's MQTT 5 reason code for each MQTT 3.1.1 CONNACK return code.
+_V5_TO_311 = {0: 0, 132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
 
 
 class MqttDevice:
@@ -156,10 +200,10 @@ class MqttDevice:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_path))
         context.load_cert_chain(str(identity.chain_path), str(identity.key_path))
         client.tls_set_context(context)
-        client.reconnect_delay_set(60, 120)
 
         def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            self.connack.put(int(reason.value))
+            # paho 2 reports MQTT 3.1.1 return codes as MQTT 5 reason codes; map them back.
+            self.connack.put(_V5_TO_311.get(int(reason.value), int(reason.value)))
 
         def on_message(_c: Any, _u: Any, msg: Any) -> None:
             self.messages.put((msg.topic, bytes(msg.payload)))
@@ -175,17 +219,88 @@ class MqttDevice:
         client.on_disconnect = on_disconnect
         client.on_subscribe = on_subscribe
         self.client = client
+        self.client_id = client_id
+        #: Never set: waited on for DPS's retry-after, so the pause is interruptible.
+        self.retry_wait = threading.Event()
         self._started = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def dps(cls, cloud: DevCloudHandle, identity: Issued, registration_id: str) -> MqttDevice:
+        """A device connecting to ``cloud``'s DPS as ``registration_id``."""
+        username = f"{cloud.id_scope}/registrations/{registration_id}/api-version=2019-03-31"
+        return cls(cloud.dps_address, registration_id, username, identity, cloud.ca_path)
+
+    @classmethod
+    def hub(
+        cls,
+        cloud: DevCloudHandle,
+        hub: str,
+        identity: Issued,
+        device_id: str,
+        *,
+        clean_session: bool = True,
+    ) -> MqttDevice:
+        """A device connecting to hub ``hub`` (a name or hostname) of ``cloud``."""
+        name = cloud.hub_name(hub)
+        username = f"{cloud.hub_hostname(name)}/{device_id}/?api-version=2021-04-12"
+        address = cloud.hub_addresses[name]
+        return cls(
+            address, device_id, username, identity, cloud.ca_path, clean_session=clean_session
+        )
+
+    def register(
+        self, payload: Any = None, *, timeout_s: float = 10.0
+    ) -> tuple[int, dict[str, Any]]:
+        """Run the DPS register/poll exchange; return the final status and JSON body.
+
+        Polls honour ``retry-after`` as a real device does; bounded by ``timeout_s``.
+        Call after :meth:`connect`; subscribes to the response topic itself.
+        """
+        assert self.subscribe("$dps/registrations/res/#") == 1
+        rid = itertools.count(1)
+        body = json.dumps({"registrationId": self.client_id, "payload": payload})
+        self.publish(f"$dps/registrations/PUT/iotdps-register/?$rid={next(rid)}", body)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            topic, raw = self.expect(
+                "$dps/registrations/res/", max(0.1, deadline - time.monotonic())
+            )
+            status = int(topic.split("/")[3])
+            answer = json.loads(raw)
+            if status != 202:
+                return status, answer
+            query = dict(p.split("=", 1) for p in topic.split("?", 1)[1].split("&"))
+            wait_s = float(query.get("retry-after", "1"))
+            if time.monotonic() + wait_s > deadline:
+                raise AssertionError(f"still assigning after {timeout_s} s")
+            self.retry_wait.wait(wait_s)  # the protocol's own pacing, not a guess
+            op = answer["operationId"]
+            self.publish(
+                "$dps/registrations/GET/iotdps-get-operationstatus/"
+                f"?$rid={next(rid)}&operationId={op}",
+                b"",
+            )
 
     def connect(self, timeout_s: float = 5.0) -> int:
         """Connect and return the CONNACK code (0 = accepted)."""
         self.client.connect(self.address[0], self.address[1], keepalive=30)
-        self.client.loop_start()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="mqtt-device", daemon=True)
+        self._thread.start()
         self._started = True
         try:
             return self.connack.get(timeout=timeout_s)
         except queue.Empty:
             raise AssertionError(f"no CONNACK within {timeout_s} s") from None
+
+    def _run(self) -> None:
+        # Our own network loop (not paho's loop_start): it stops within 50 ms, and
+        # paho's reconnect logic never runs.
+        while not self._stop.is_set():
+            if self.client.loop(timeout=0.05) != 0:
+                self._stop.wait(0.05)
 
     def subscribe(self, topic_filter: str, qos: int = 1, timeout_s: float = 5.0) -> int:
         """Subscribe and return the SUBACK code."""
@@ -217,10 +332,12 @@ class MqttDevice:
         return self.disconnected.wait(timeout_s)
 
     def close(self) -> None:
-        """Disconnect and stop paho's thread."""
+        """Disconnect and stop the network thread."""
         if self._started:
             self.client.disconnect()
-            self.client.loop_stop()
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(5)
             self._started = False
 
 
