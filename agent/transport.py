@@ -250,6 +250,8 @@ class MqttTransport:
             self._lost(f"cannot resolve {host}:{port}: {exc}")
             return
         sock.setblocking(False)
+        with contextlib.suppress(OSError):  # MQTT packets are small: no Nagle delay
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         code = sock.connect_ex(address)
         if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
             sock.close()
@@ -290,7 +292,11 @@ class MqttTransport:
             self._wake_w.send(b"\0")
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> int:
-        """Send SUBSCRIBE; return its mid (a :class:`Subscribed` event follows)."""
+        """Send SUBSCRIBE; return its mid (a :class:`Subscribed` event follows).
+
+        Raises :class:`TransportError` when not connected, including a connection that
+        broke while sending (its :class:`ConnectionLost` then comes from :meth:`poll`).
+        """
         client = self._connected_client("subscribe")
         try:
             rc, mid = client.subscribe(topic_filter, qos)
@@ -301,7 +307,11 @@ class MqttTransport:
         return int(mid)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> int:
-        """Send PUBLISH; return its mid (for QoS 1 a :class:`PublishAcked` follows the PUBACK)."""
+        """Send PUBLISH; return its mid (for QoS 1 a :class:`PublishAcked` follows the PUBACK).
+
+        Raises :class:`TransportError` when not connected, including a connection that
+        broke while sending (its :class:`ConnectionLost` then comes from :meth:`poll`).
+        """
         client = self._connected_client("publish")
         try:
             info = client.publish(topic, payload, qos)

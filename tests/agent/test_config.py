@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tempfile
 import tomllib
@@ -172,6 +173,7 @@ level = "debug"
         "websockets",
     )
     assert config.dps.payload == {"model": "x", "nested": {"list": [1, 2.5, "three", True]}}
+    assert json.loads(json.dumps(dict(config.dps.payload))) == config.dps.payload
     assert config.hub.transport == "websockets"
     assert config.hub.ws_port == 9443
     assert config.hub.server_ca_path == tmp_path / "hub.pem"
