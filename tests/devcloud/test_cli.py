@@ -1,0 +1,223 @@
+"""The devcloud command line: operations against a running devcloud, and ``serve`` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from devcloud.app import DevCloud, DevCloudHandle
+from devcloud.cli import main
+from devcloud.client import DevCloudClient
+from tests.support.devcloud import devcloud_fixture, free_loopback_address  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(
+    capsys: pytest.CaptureFixture[str], cloud: DevCloudHandle, *argv: str
+) -> tuple[int, Any, str]:
+    """Run ``devcloud --url ... argv``; return (exit code, stdout as JSON or text, stderr)."""
+    code = main(["--url", cloud.rest_url, *argv])
+    out, err = capsys.readouterr()
+    try:
+        parsed: Any = json.loads(out)
+    except ValueError:
+        parsed = out
+    return code, parsed, err
+
+
+def test_help_is_lean() -> None:
+    probe = (
+        "import sys; from devcloud.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('cryptography', 'devcloud.app', 'devcloud.client', "
+        "'asyncio', 'sqlite3') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.strip() == "[]"
+    help_run = subprocess.run(
+        [sys.executable, "-m", "devcloud", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert help_run.returncode == 0
+    for command in ("serve", "enrollment-group", "device", "twin", "method", "telemetry", "pki"):
+        assert command in help_run.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["enrollment-group"], ["device", "frobnicate"], ["method", "invoke", "x"], ["nope"]],
+)
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert main(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_operations(capsys: pytest.CaptureFixture[str], devcloud: DevCloudHandle) -> None:
+    code, group, _ = run(
+        capsys,
+        devcloud,
+        "enrollment-group", "put", "fleet", "--ca-ref", "devcloud-root",
+        "--allocation", "static", "--hub", "hub2", "--initial-twin", '{"interval_s": 9}',
+    )  # fmt: skip
+    assert code == 0 and group["iotHubs"] == ["hub2"]
+    assert group["initialTwin"]["properties"]["desired"] == {"interval_s": 9}
+    code, changed, _ = run(
+        capsys, devcloud, "enrollment-group", "set-allocation", "fleet", "hashed", "--hub", "hub1"
+    )
+    assert code == 0 and changed["allocationPolicy"] == "hashed"
+    code, groups, _ = run(capsys, devcloud, "enrollment-group", "list")
+    assert sorted(g["enrollmentGroupId"] for g in groups) == ["default", "fleet"]
+    assert run(capsys, devcloud, "enrollment-group", "show", "fleet")[1]["iotHubs"] == ["hub1"]
+    assert run(capsys, devcloud, "enrollment-group", "delete", "fleet")[0] == 0
+    code, _, err = run(capsys, devcloud, "enrollment-group", "show", "fleet")
+    assert code == 1 and "not found" in err
+
+    code, enrollment, _ = run(
+        capsys, devcloud, "enrollment", "put", "reg-1", "--device-id", "dev-1", "--disabled"
+    )
+    assert code == 0 and enrollment["provisioningStatus"] == "disabled"
+    assert run(capsys, devcloud, "enrollment", "show", "reg-1")[1]["deviceId"] == "dev-1"
+    assert run(capsys, devcloud, "enrollment", "delete", "reg-1")[0] == 0
+
+    devcloud.client.create_device("dev-1", "hub1")
+    code, devices, _ = run(capsys, devcloud, "device", "list", "--hub", "hub1")
+    assert code == 0 and [d["deviceId"] for d in devices] == ["dev-1"]
+    assert run(capsys, devcloud, "device", "disable", "dev-1")[1]["status"] == "disabled"
+    assert run(capsys, devcloud, "device", "enable", "dev-1")[1]["status"] == "enabled"
+    assert run(capsys, devcloud, "device", "show", "dev-1")[1]["hub"] == "hub1"
+    code, twin, _ = run(capsys, devcloud, "twin", "patch", "dev-1", '{"led": "on"}')
+    assert code == 0 and twin["properties"]["desired"]["led"] == "on"
+    assert (
+        run(capsys, devcloud, "twin", "show", "dev-1")[1]["properties"]["desired"]["$version"] == 2
+    )
+    code, _, err = run(capsys, devcloud, "method", "invoke", "reboot", "--device", "dev-1")
+    assert code == 1 and "not online" in err
+    code, sent, _ = run(
+        capsys, devcloud, "c2d", "send", "hello", "--device", "dev-1", "--property", "k=v"
+    )
+    assert code == 0 and sent["messageId"]
+    assert run(capsys, devcloud, "twin", "patch", "dev-1", "{bad")[0] == 2
+    assert run(capsys, devcloud, "device", "delete", "dev-1")[0] == 0
+    assert run(capsys, devcloud, "device", "show", "dev-1")[0] == 1
+    assert run(capsys, devcloud, "registration", "list")[1] == []
+    assert [h["name"] for h in run(capsys, devcloud, "hubs")[1]] == ["hub1", "hub2"]
+
+
+def test_telemetry_tail(capsys: pytest.CaptureFixture[str], devcloud: DevCloudHandle) -> None:
+    def append(app: DevCloud) -> None:
+        for n, device in enumerate(["a", "b", "a"]):
+            app.telemetry.append(
+                hub="hub1",
+                device_id=device,
+                enqueued_time=app.registry.now(),
+                body=json.dumps({"n": n}).encode(),
+                properties={},
+                system_properties={},
+            )
+
+    devcloud.call(append)
+    code, out, _ = run(capsys, devcloud, "telemetry", "tail", "--device", "a")
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [json.loads(line["body"])["n"] for line in lines] == [0, 2]
+    code, out, _ = run(
+        capsys, devcloud, "telemetry", "tail", "--follow", "--since", "1", "--timeout", "0.5"
+    )
+    assert code == 0
+    assert [json.loads(line)["sequenceNumber"] for line in out.splitlines()] == [2, 3]
+
+
+def test_pki_commands(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["pki", "init", "--dir", str(tmp_path / "pki"), "--json"]) == 0
+    assert main(["pki", "device", "dev-9", "--dir", str(tmp_path / "pki"), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "dev-9" in out
+    assert (tmp_path / "pki" / "devices" / "dev-9.pem").exists()
+
+
+def _reader(stream: IO[str]) -> queue.Queue[str]:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _serve(config: Path) -> tuple[subprocess.Popen[str], queue.Queue[str], dict[str, str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devcloud", "serve", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    lines = _reader(process.stdout)
+    seen: dict[str, str] = {}
+    for _ in range(50):
+        try:
+            line = lines.get(timeout=20)
+        except queue.Empty:
+            break
+        if not line or line.startswith("devcloud: ready"):
+            break
+        if line.startswith("devcloud: "):
+            key, _, value = line[len("devcloud: ") :].partition(" ")
+            seen[key if key != "hub" else value.split()[0]] = value.strip()
+    if "REST" not in seen:
+        process.kill()
+        process.wait(10)
+        raise AssertionError(f"devcloud serve did not start: {seen}")
+    return process, lines, seen
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_end_to_end_and_state_survives(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    hubs = "\n".join(
+        f'[[hubs]]\nname = "{name}"\nhost = "{free_loopback_address()}"\nport = 0\n'
+        for name in ("east", "west")
+    )
+    config = tmp_path / "devcloud.toml"
+    config.write_text(
+        f'state_dir = "state"\ndatabase = "state/devcloud.db"\nid_scope = "0ne00000CLI"\n'
+        f'[dps]\nhost = "{free_loopback_address()}"\nport = 0\n'
+        f'[rest]\nhost = "127.0.0.1"\nport = 0\n{hubs}'
+    )
+    for round_trip in range(2):
+        process, _lines, seen = _serve(config)
+        try:
+            assert seen["id"] == "scope  0ne00000CLI"
+            url = seen["REST"]
+            client = DevCloudClient(url)
+            assert [h["name"] for h in client.hubs()] == ["east", "west"]
+            if round_trip == 0:
+                client.put_enrollment_group("kept", ca_reference="devcloud-root")
+            else:
+                groups = {g["enrollmentGroupId"] for g in client.list_enrollment_groups()}
+                assert groups == {"default", "kept"}
+            process.send_signal(stop_signal)
+            assert process.wait(15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    assert (tmp_path / "state" / "pki" / "ca" / "root.pem").exists()
