@@ -123,3 +123,105 @@ def test_unusable_identity_exits_78(tmp_path: Path, cloud: Cloud) -> None:
     )
     assert result.returncode == 78, result.stderr
     assert str(device.key_path) in result.stderr
+
+
+class NotifySocket:
+    """A real AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.messages: list[str] = []
+
+    def collect(self) -> list[str]:
+        for _ in range(1000):
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                break
+            self.messages.extend(data.decode().splitlines())
+        return self.messages
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def start_with_notify(config: Path, notify: NotifySocket, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*DEVICE_AGENT, "--config", str(config), "run"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"},
+    )
+
+
+def test_sd_notify_ready_status_watchdog_stopping(
+    cloud: Cloud, process_config: Path, tmp_path: Path
+) -> None:
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = start_with_notify(process_config, notify, tmp_path / "agent.log")
+    try:
+        wait_until(
+            lambda: any(m.startswith("STATUS=CONNECTED") for m in notify.collect()),
+            timeout_s=20,
+            what="STATUS=CONNECTED",
+        )
+        count = notify.messages.count("WATCHDOG=1")
+        wait_until(
+            lambda: notify.collect().count("WATCHDOG=1") >= count + 3,
+            what="watchdog pings while the loop runs",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        messages = notify.collect()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        notify.close()
+    assert messages.index("READY=1") < messages.index(
+        next(m for m in messages if m.startswith("STATUS=CONNECTED"))
+    )
+    assert "STOPPING=1" in messages
+
+
+def test_ready_while_offline_and_sigterm_still_exits_0(tmp_path: Path) -> None:
+    from devcloud.pki import PKI
+    from tests.support.agentcloud import free_port, fresh_addresses
+
+    pki = PKI.create(tmp_path / "pki")
+    device = pki.issue_device("dev-nonet")
+    _, dps, _, _ = fresh_addresses()
+    port = free_port(dps)
+    write_config(
+        tmp_path / "agent.toml",
+        None,
+        device,
+        state_dir=tmp_path / "state",
+        dps_host=dps,
+        dps_port=port,
+        hub_port=port,
+        id_scope="0ne00000DEV",
+        ca_path=pki.root_path,
+    )
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = start_with_notify(tmp_path / "agent.toml", notify, tmp_path / "agent.log")
+    try:
+        wait_until(lambda: "READY=1" in notify.collect(), timeout_s=20, what="READY=1")
+        wait_until(
+            lambda: any(m.startswith("STATUS=DPS_BACKOFF") for m in notify.collect()),
+            what="DPS backoff reported",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        messages = notify.collect()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        notify.close()
+    assert "STOPPING=1" in messages
