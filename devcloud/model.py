@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -226,11 +226,6 @@ class IndividualEnrollment:
 
 
 Enrollment = EnrollmentGroup | IndividualEnrollment
-
-
-def with_updates(record: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` for any record, kept here so callers need not import it."""
-    return replace(record, **changes)
 
 
 @dataclass(frozen=True)

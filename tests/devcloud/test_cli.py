@@ -17,6 +17,7 @@ import pytest
 from devcloud.app import DevCloud, DevCloudHandle
 from devcloud.cli import main
 from devcloud.client import DevCloudClient
+from devcloud.config import ConfigError, DevCloudConfig, HubSpec, load_config
 from tests.support.devcloud import devcloud_fixture, free_loopback_address  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,3 +222,75 @@ def test_serve_end_to_end_and_state_survives(tmp_path: Path, stop_signal: signal
                 process.kill()
                 process.wait(10)
     assert (tmp_path / "state" / "pki" / "ca" / "root.pem").exists()
+
+
+def test_load_config_full(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "devcloud.toml"
+    path.parent.mkdir()
+    path.write_text(
+        'state_dir = "st"\ndatabase = "st/x.db"\nid_scope = "0ne1"\n'
+        "registrations_per_second = 5\nassignment_delay_s = 0\ndefault_group = false\n"
+        '[dps]\nhost = "127.0.0.9"\nport = 1883\nws_port = 1443\n'
+        '[rest]\nhost = "127.0.0.1"\nport = 0\n'
+        '[[hubs]]\nname = "a"\nhost = "127.0.0.10"\n'
+        '[[hubs]]\nname = "b"\nhost = "127.0.0.11"\nport = 9\nws_port = 10\nhostname = "b.local"\n'
+    )
+    config = load_config(path)
+    assert config == DevCloudConfig(
+        state_dir=path.parent / "st",
+        database=path.parent / "st" / "x.db",
+        id_scope="0ne1",
+        registrations_per_second=5.0,
+        assignment_delay_s=0.0,
+        default_group=False,
+        dps_host="127.0.0.9",
+        dps_port=1883,
+        dps_ws_port=1443,
+        rest_host="127.0.0.1",
+        rest_port=0,
+        hubs=(HubSpec("a", "127.0.0.10"), HubSpec("b", "127.0.0.11", 9, 10, "b.local")),
+    )
+    assert load_config(path, state_dir=tmp_path / "override").state_dir == tmp_path / "override"
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    assert load_config(empty) == DevCloudConfig(state_dir=tmp_path / ".devcloud")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("surprise = 1", "surprise"),
+        ("id_scope = 7", "id_scope"),
+        ("default_group = 1", "default_group"),
+        ("registrations_per_second = true", "registrations_per_second"),
+        ("registrations_per_second = 0", "registrations_per_second"),
+        ("assignment_delay_s = -1", "assignment_delay_s"),
+        ('[dps]\nhost = "10.0.0.1"', "dps.host"),
+        ('[dps]\nhost = "localhost"', "dps.host"),
+        ("[dps]\nport = 70000", "dps.port"),
+        ("[rest]\nws_port = 1", "rest.ws_port"),
+        ('[[hubs]]\nhost = "127.0.0.3"', "hubs[0].name"),
+        ('[[hubs]]\nname = "a"\nhost = "127.0.0.3"\ncolour = 1', "hubs[0].colour"),
+        (
+            '[[hubs]]\nname = "a"\nhost = "127.0.0.3"\n[[hubs]]\nname = "a"\nhost = "127.0.0.4"',
+            "hubs",
+        ),
+        ("this is not toml", ""),
+    ],
+)
+def test_load_config_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert error.value.key == key
+    assert str(path) in str(error.value)
+
+
+def test_serve_with_a_bad_config_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("surprise = 1")
+    assert main(["serve", "--config", str(path)]) == 1
+    assert "surprise" in capsys.readouterr().err
