@@ -16,6 +16,7 @@ import json
 import random
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from devcloud.allocation import AllocationRequest, AllocationResult
-from devcloud.app import DevCloudConfig, DevCloudHandle, DevCloudThread, HubSpec
+from devcloud.app import DevCloud, DevCloudConfig, DevCloudHandle, DevCloudThread, HubSpec
 from devcloud.client import DevCloudClient
 from devcloud.pki import Issued
 from tests.support import refsdk
@@ -390,3 +391,130 @@ def test_credential_error_after_the_device_is_disabled(cloud: Cloud, refsdk_pyth
         sdk.expect("connected", timeout_s=30)
         sdk.send({"cmd": "exit"})
         assert sdk.wait_exit() == 0
+
+
+@pytest.mark.conformance
+def test_c2d_message_with_properties(cloud: Cloud, device: tuple[str, SDKProcess]) -> None:
+    device_id, sdk = device
+    message_id = cloud.client.send_c2d(
+        device_id, body="set-led on", properties={"command": "led", "odd key": "x&y=z"}
+    )
+    event = sdk.expect("c2d", where=lambda e: e["message_id"] == message_id)
+    assert event["data"] == "set-led on"
+    assert event["properties"] == {"command": "led", "odd key": "x&y=z"}
+
+
+def _server_connection_drop(cloud: Cloud, hub: str, device_id: str) -> None:
+    def drop(app: DevCloud) -> None:
+        connection = app.hub_servers[hub].connection(device_id)
+        assert connection is not None, f"{device_id} is not connected to {hub}"
+        connection.close("conformance test: simulated network drop")
+
+    cloud.handle.call(drop)
+
+
+@pytest.mark.conformance
+def test_session_survives_a_dropped_connection(cloud: Cloud, refsdk_python: Path) -> None:
+    """The SDK never re-subscribes after a reconnect (clean session 0): the server must
+    keep its subscriptions, and answer the twin GET the SDK sends on reconnect.
+
+    The SDK sends that GET even when it never subscribed to ``$iothub/twin/res/#`` (its
+    twin-response subscription is made only by ``get_twin`` / ``patch_twin_...``), and
+    waits for the answer without a timeout. devcloud delivers responses only on
+    subscribed topics, so the device here uses ``get_twin`` once first, as apps do.
+    """
+    device_id = f"sdk-drop-{uuid.uuid4().hex[:8]}"
+    issued = cloud.handle.pki.issue_device(device_id)
+    cloud.client.create_device(device_id, "hub1")
+    cloud.client.patch_twin_desired(device_id, {"mode": "eco"})
+    args = _device_args(cloud, issued, device_id, HUB_HOSTNAMES["hub1"])
+    with sdk_process(refsdk_python, "device.py", args) as sdk:
+        sdk.expect("connected", timeout_s=30)
+        sdk.send({"id": "g0", "cmd": "get_twin"})
+        first = sdk.expect("done", where=lambda e: e.get("id") == "g0")["twin"]
+        assert first["desired"]["mode"] == "eco"
+        _server_connection_drop(cloud, "hub1", device_id)
+        sdk.expect("connection", where=lambda e: e["connected"] is False)
+        sdk.expect("connection", timeout_s=15, where=lambda e: e["connected"] is True)
+        # On reconnect the SDK GETs the twin and hands the whole desired document to the
+        # application as a patch, because the version differs from the one it last saw.
+        synthetic = sdk.expect("desired", timeout_s=10)
+        desired = cloud.client.get_twin(device_id)["properties"]["desired"]
+        assert synthetic["patch"]["mode"] == "eco"
+        assert synthetic["patch"]["$version"] == desired["$version"]
+        # Methods and desired patches still reach it without a new SUBSCRIBE.
+        status, _ = cloud.client.invoke_method(device_id, "ping", {}, timeout_s=10)
+        assert status == 200
+        cloud.client.patch_twin_desired(device_id, {"mode": "boost"})
+        sdk.expect("desired", timeout_s=10, where=lambda e: e["patch"].get("mode") == "boost")
+        sdk.send({"cmd": "exit"})
+        assert sdk.wait_exit() == 0
+
+
+def _provision_args(cloud: Cloud, registration_id: str, issued: Issued) -> list[str]:
+    return [
+        "--provisioning-host", cloud.dps_host,
+        "--id-scope", cloud.handle.id_scope,
+        "--registration-id", registration_id,
+        "--cert", str(issued.chain_path),
+        "--key", str(issued.key_path),
+        "--ca", str(cloud.handle.ca_path),
+    ]  # fmt: skip
+
+
+@pytest.mark.conformance
+def test_throttled_registration_honours_retry_after(cloud: Cloud, refsdk_python: Path) -> None:
+    """DPS answers 429 with an integer ``retry-after``; the SDK waits that long and retries."""
+    from devcloud.dps import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(1.0, clock=lambda: now[0])
+    assert limiter.acquire() is None  # the bucket is now empty until ``now`` moves
+    previous = cloud.handle.call(lambda app: app.provisioner.limiter)
+    cloud.handle.call(lambda app: setattr(app.provisioner, "limiter", limiter))
+    try:
+        registration_id = f"sdk-429-{uuid.uuid4().hex[:8]}"
+        issued = cloud.handle.pki.issue_device(registration_id)
+        args = _provision_args(cloud, registration_id, issued)
+        with sdk_process(refsdk_python, "provision.py", args) as sdk:
+            deadline = time.monotonic() + 20
+            while cloud.client.registration_attempts(registration_id) < 1:
+                assert time.monotonic() < deadline, "the SDK never sent its register request"
+                time.sleep(0.05)  # polling devcloud's counter; no event to await
+            now[0] += 1.0  # one token's worth of time: the retry will pass
+            registered = sdk.expect("registered", timeout_s=30)
+            assert sdk.wait_exit() == 0
+        assert registered["status"] == "assigned"
+        # Two register requests, or more if this test advanced the clock late on a busy
+        # machine (each further 429 is answered the same way).
+        assert cloud.client.registration_attempts(registration_id) >= 2
+        assert "/res/429/?$rid=" in sdk.stderr and "retry-after=1" in sdk.stderr
+        # retry-after (1 s), then the SDK's fixed 2 s before its first status poll.
+        assert registered["elapsed_s"] >= 3.0
+    finally:
+        cloud.handle.call(lambda app: setattr(app.provisioner, "limiter", previous))
+
+
+@pytest.mark.conformance
+def test_dps_rejection_reaches_the_sdk_as_an_unexpected_failure(
+    cloud: Cloud, refsdk_python: Path
+) -> None:
+    """A disabled enrollment is a 401 from DPS; the SDK reports it only as
+    ``ClientError("Unexpected failure")`` caused by a ``ServiceError`` (see DESIGN.md)."""
+    registration_id = f"sdk-401-{uuid.uuid4().hex[:8]}"
+    issued = cloud.handle.pki.issue_device(registration_id)
+    cloud.client.put_enrollment(
+        registration_id,
+        certificate_pem=issued.cert_path.read_text(),
+        iot_hubs=["hub1"],
+        enabled=False,
+    )
+    args = _provision_args(cloud, registration_id, issued)
+    with sdk_process(refsdk_python, "provision.py", args) as sdk:
+        failed = sdk.expect("register-failed", timeout_s=30)
+        assert sdk.wait_exit() == 1
+    assert (failed["type"], failed["message"]) == ("ClientError", "Unexpected failure")
+    assert failed["chain"][1]["type"] == "ServiceError"
+    assert "status code 401" in failed["chain"][1]["message"]
+    assert cloud.client.registration_attempts(registration_id) == 1
+    assert registration_id not in {d["deviceId"] for d in cloud.client.list_devices()}
