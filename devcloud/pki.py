@@ -66,6 +66,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from devcloud.errors import DevCloudError
+
 KeyType = Literal["ec", "rsa"]
 Signer = Literal["intermediate", "root"]
 Clock = Callable[[], datetime]
@@ -86,8 +88,8 @@ MAX_STEMS = 10_000
 _UNSAFE_STEM = re.compile(r"[^A-Za-z0-9._-]")
 
 
-class PKIError(Exception):
-    """Root of the errors :mod:`devcloud.pki` raises."""
+class PKIError(DevCloudError):
+    """Root of the errors :mod:`devcloud.pki` raises (part of devcloud's hierarchy)."""
 
 
 class PKIMismatchError(PKIError, ValueError):
