@@ -302,8 +302,9 @@ class Daemon:
         elif name.startswith("dps.") and self.registration is not None:
             self._dps_actions(self.registration.handle(provisioning.DpsTimerFired(name)))
         elif name == SAMPLE_TIMER:
-            self._sample()
+            # Re-arm first, so the time sampling takes does not stretch the interval.
             self._start_timer(SAMPLE_TIMER, self.settings.telemetry_interval_s)
+            self._sample()
         elif name == EFFECT_TIMER and self.session is not None:
             self._session_actions(self.session.take_pending_effects())
 
