@@ -359,7 +359,12 @@ class Daemon:
                     self._feed(lifecycle.HubUnavailable(reason))
             case t.MessageReceived(topic=topic, payload=payload):
                 if self.session is not None:
-                    self._session_actions(self.session.on_message(topic, payload))
+                    try:
+                        actions = self.session.on_message(topic, payload)
+                    except Exception:  # the cloud's input must never take the daemon down
+                        log.exception("handling a message on %r failed; dropped", topic)
+                        return
+                    self._session_actions(actions)
             case t.PublishAcked(mid=mid):
                 if self.session is not None:
                     self._session_actions(self.session.on_puback(mid))
