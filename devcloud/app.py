@@ -243,6 +243,15 @@ class DevCloud:
                 server.drop_session(event.device_id)
 
 
+async def _cancel_remaining_tasks() -> None:
+    """Cancel and await every other task on this loop (REST streams, notifiers)."""
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class DevCloudHandle:
     """What ``with DevCloudThread(...) as cloud`` gives: the app's addresses and helpers."""
 
@@ -349,6 +358,8 @@ class DevCloudThread:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+        if thread.is_alive():
+            self.run(_cancel_remaining_tasks(), self._timeout_s)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(self._timeout_s)
         if not thread.is_alive():

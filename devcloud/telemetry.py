@@ -22,6 +22,7 @@ class TelemetryLog:
         self._messages: deque[TelemetryMessage] = deque(maxlen=capacity)
         self._last = 0
         self._changed: asyncio.Condition | None = None
+        self._notifiers: set[asyncio.Task[None]] = set()
 
     @property
     def last_sequence_number(self) -> int:
@@ -62,7 +63,9 @@ class TelemetryLog:
                 async with changed:
                     changed.notify_all()
 
-            asyncio.get_running_loop().create_task(notify())
+            task = asyncio.get_running_loop().create_task(notify())
+            self._notifiers.add(task)
+            task.add_done_callback(self._notifiers.discard)
         return message
 
     def since(

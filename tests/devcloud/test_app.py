@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 
 from devcloud.allocation import AllocationRequest, AllocationResult
-from devcloud.app import DevCloudHandle
+from devcloud.app import DevCloudHandle, HubSpec
 from devcloud.errors import DeviceNotOnlineError, MethodTimeoutError
 from devcloud.pki import PKI, Issued
 from tests.support.devcloud import (
     MqttDevice,
     devcloud_fixture,  # noqa: F401
+    free_loopback_address,
     mqtt_devices_fixture,  # noqa: F401
     running_devcloud,
 )
@@ -367,3 +368,24 @@ def test_sqlite_state_survives_a_restart(tmp_path: Path, mqtt_devices: list[Mqtt
         # The device goes straight to its hub: no DPS call.
         online(cloud, mqtt_devices, hub, identity, "dev-keep")
         assert cloud.client.registration_attempts("dev-keep") == 1
+
+
+def test_dps_and_hub_over_websockets(tmp_path: Path, mqtt_devices: list[MqttDevice]) -> None:
+    hubs = (HubSpec("hub1", free_loopback_address(), 0, ws_port=0),)
+    with running_devcloud(tmp_path / "dc", hubs=hubs, dps_ws_port=0) as cloud:
+        identity = cloud.pki.issue_device("dev-ws")
+        dps = MqttDevice.dps(cloud, identity, "dev-ws", websockets=True)
+        mqtt_devices.append(dps)
+        assert dps.connect() == 0
+        status, body = dps.register()
+        assert status == 200 and body["registrationState"]["assignedHub"] == cloud.hub_hostname(
+            "hub1"
+        )
+        device = MqttDevice.hub(cloud, "hub1", identity, "dev-ws", websockets=True)
+        mqtt_devices.append(device)
+        assert device.connect() == 0
+        since = cloud.client.last_sequence_number()
+        device.publish("devices/dev-ws/messages/events/", b"over wss")
+        (message,) = cloud.client.wait_for_telemetry(since=since, device_id="dev-ws")
+        assert message.body == b"over wss"
+        assert cloud.client.hubs()[0]["wsPort"] == cloud.hub_ws_addresses["hub1"][1]  # type: ignore[index]

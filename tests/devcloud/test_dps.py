@@ -548,7 +548,7 @@ class _Webhook(BaseHTTPRequestHandler):
 @pytest.fixture
 def webhook() -> Iterator[str]:
     server = HTTPServer(("127.0.0.1", 0), _Webhook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     _Webhook.requests = []
     yield f"http://127.0.0.1:{server.server_address[1]}/allocate?code=x"

@@ -181,6 +181,7 @@ class MqttDevice:
         ca_path: Path,
         *,
         clean_session: bool = True,
+        websockets: bool = False,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -195,7 +196,10 @@ class MqttDevice:
             client_id=client_id,
             protocol=mqtt.MQTTv311,
             clean_session=clean_session,
+            transport="websockets" if websockets else "tcp",
         )
+        if websockets:
+            client.ws_set_options(path="/$iothub/websocket")
         client.username_pw_set(username)
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_path))
         context.load_cert_chain(str(identity.chain_path), str(identity.key_path))
@@ -227,10 +231,21 @@ class MqttDevice:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def dps(cls, cloud: DevCloudHandle, identity: Issued, registration_id: str) -> MqttDevice:
-        """A device connecting to ``cloud``'s DPS as ``registration_id``."""
+    def dps(
+        cls,
+        cloud: DevCloudHandle,
+        identity: Issued,
+        registration_id: str,
+        *,
+        websockets: bool = False,
+    ) -> MqttDevice:
+        """A device connecting to ``cloud``'s DPS as ``registration_id`` (MQTT or WSS)."""
         username = f"{cloud.id_scope}/registrations/{registration_id}/api-version=2019-03-31"
-        return cls(cloud.dps_address, registration_id, username, identity, cloud.ca_path)
+        address = cloud.dps_ws_address if websockets else cloud.dps_address
+        assert address is not None, "this devcloud has no DPS WebSocket port"
+        return cls(
+            address, registration_id, username, identity, cloud.ca_path, websockets=websockets
+        )
 
     @classmethod
     def hub(
@@ -241,13 +256,21 @@ class MqttDevice:
         device_id: str,
         *,
         clean_session: bool = True,
+        websockets: bool = False,
     ) -> MqttDevice:
         """A device connecting to hub ``hub`` (a name or hostname) of ``cloud``."""
         name = cloud.hub_name(hub)
         username = f"{cloud.hub_hostname(name)}/{device_id}/?api-version=2021-04-12"
-        address = cloud.hub_addresses[name]
+        address = cloud.hub_ws_addresses[name] if websockets else cloud.hub_addresses[name]
+        assert address is not None, f"hub {name} has no WebSocket port"
         return cls(
-            address, device_id, username, identity, cloud.ca_path, clean_session=clean_session
+            address,
+            device_id,
+            username,
+            identity,
+            cloud.ca_path,
+            clean_session=clean_session,
+            websockets=websockets,
         )
 
     def register(
