@@ -31,8 +31,9 @@ from devcloud.pki import Issued
 from tests.support import refsdk
 from tests.support.refsdk import Event, SDKProcess, sdk_process
 
-#: Hard-coded in the SDK's MQTT transport (websockets: 443).
+#: Hard-coded in the SDK's MQTT transport, for MQTT over TLS and over WebSockets.
 SDK_MQTT_PORT = 8883
+SDK_WEBSOCKET_PORT = 443
 
 
 def test_cache_root_precedence() -> None:
@@ -111,8 +112,9 @@ def refsdk_python() -> Path:
 
 # ===================================================================== conformance
 #
-# The unmodified SDK against devcloud. The SDK's MQTT port is hard-coded to 8883, so DPS
-# and each hub listen on port 8883 of their own random 127.x.y.z address. Hubs get DNS
+# The unmodified SDK against devcloud. The SDK's MQTT port is hard-coded to 8883 (443 for
+# WebSockets), so DPS and each hub listen on those ports of their own random 127.x.y.z
+# address. Hubs get DNS
 # hostnames (as Azure's assignedHub is), and the SDK reaches them with
 # ``gateway_hostname`` = the hub's address; the server certificates carry both.
 
@@ -157,18 +159,24 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     rng = random.Random()
     for _attempt in range(10):
         hosts = [_random_loopback(rng) for _ in range(3)]
-        if len(set(hosts)) == 3 and all(_port_free(h, SDK_MQTT_PORT) for h in hosts):
+        ports = (SDK_MQTT_PORT, SDK_WEBSOCKET_PORT)
+        if len(set(hosts)) == 3 and all(_port_free(h, p) for h in hosts for p in ports):
             break
     else:
-        pytest.fail("no free 127.x.y.z addresses with port 8883 in 10 tries")
+        pytest.fail("no free 127.x.y.z addresses with ports 8883 and 443 in 10 tries")
     dps_host, hub1_host, hub2_host = hosts
     config = DevCloudConfig(
         state_dir=tmp_path_factory.mktemp("devcloud"),
         dps_host=dps_host,
         dps_port=SDK_MQTT_PORT,
+        dps_ws_port=SDK_WEBSOCKET_PORT,
         hubs=(
-            HubSpec("hub1", hub1_host, SDK_MQTT_PORT, hostname=HUB_HOSTNAMES["hub1"]),
-            HubSpec("hub2", hub2_host, SDK_MQTT_PORT, hostname=HUB_HOSTNAMES["hub2"]),
+            HubSpec(
+                "hub1", hub1_host, SDK_MQTT_PORT, SDK_WEBSOCKET_PORT, hostname=HUB_HOSTNAMES["hub1"]
+            ),
+            HubSpec(
+                "hub2", hub2_host, SDK_MQTT_PORT, SDK_WEBSOCKET_PORT, hostname=HUB_HOSTNAMES["hub2"]
+            ),
         ),
         rest_host="127.0.0.1",
         rest_port=0,
@@ -518,3 +526,31 @@ def test_dps_rejection_reaches_the_sdk_as_an_unexpected_failure(
     assert "status code 401" in failed["chain"][1]["message"]
     assert cloud.client.registration_attempts(registration_id) == 1
     assert registration_id not in {d["deviceId"] for d in cloud.client.list_devices()}
+
+
+@pytest.mark.conformance
+def test_over_websockets(cloud: Cloud, refsdk_python: Path) -> None:
+    """The same protocol over WebSockets on port 443 (path ``/$iothub/websocket``)."""
+    registration_id = f"sdk-ws-{uuid.uuid4().hex[:8]}"
+    issued = cloud.handle.pki.issue_device(registration_id)
+    args = [*_provision_args(cloud, registration_id, issued), "--websockets"]
+    with sdk_process(refsdk_python, "provision.py", args) as sdk:
+        registered = sdk.expect("registered", timeout_s=30)
+        assert sdk.wait_exit() == 0
+    assert "Connect using port 443 (websockets)" in sdk.stderr
+    assert registered["assigned_hub"] == HUB_HOSTNAMES["hub2"]
+    hub_args = _device_args(cloud, issued, registration_id, registered["assigned_hub"])
+    with sdk_process(refsdk_python, "device.py", [*hub_args, "--websockets"]) as sdk:
+        sdk.expect("connected", timeout_s=30)
+        since = cloud.client.last_sequence_number()
+        sdk.send({"id": "w1", "cmd": "send", "data": "over ws", "properties": {"via": "ws"}})
+        sdk.expect("done", where=lambda e: e.get("id") == "w1")
+        (message,) = cloud.client.wait_for_telemetry(
+            since=since, device_id=registration_id, timeout_s=10
+        )
+        assert (message.body, dict(message.properties)) == (b"over ws", {"via": "ws"})
+        status, payload = cloud.client.invoke_method(registration_id, "ws", {"n": 1}, timeout_s=10)
+        assert (status, payload["echo"]) == (200, {"n": 1})
+        sdk.send({"cmd": "exit"})
+        assert sdk.wait_exit() == 0
+    assert "Connect using port 443 (websockets)" in sdk.stderr

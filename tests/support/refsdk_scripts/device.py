@@ -37,6 +37,8 @@ def build_client(args: argparse.Namespace) -> Any:
     }
     if args.gateway_hostname:
         kwargs["gateway_hostname"] = args.gateway_hostname
+    if args.websockets:
+        kwargs["websockets"] = True
     return IoTHubDeviceClient.create_from_x509_certificate(
         x509=X509(cert_file=args.cert, key_file=args.key),
         hostname=args.hostname,
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--gateway-hostname", help="address to connect to instead of --hostname")
     parser.add_argument("--connection-retry-interval", type=int, default=10)
     parser.add_argument("--keep-alive", type=int, default=60)
+    parser.add_argument("--websockets", action="store_true", help="MQTT over WebSockets (443)")
     args = parser.parse_args()
     setup_logging()
 

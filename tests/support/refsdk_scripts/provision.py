@@ -10,6 +10,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from azure.iot.device import X509, ProvisioningDeviceClient
 from sdkio import describe, emit, finish, setup_logging
@@ -25,12 +26,15 @@ def main() -> None:
     parser.add_argument("--ca", required=True, help="PEM file trusted for the server")
     parser.add_argument("--payload", help="JSON registration payload")
     parser.add_argument("--gateway-hostname")
+    parser.add_argument("--websockets", action="store_true", help="MQTT over WebSockets (443)")
     args = parser.parse_args()
     setup_logging()
 
-    kwargs = {"server_verification_cert": Path(args.ca).read_text()}
+    kwargs: dict[str, Any] = {"server_verification_cert": Path(args.ca).read_text()}
     if args.gateway_hostname:
         kwargs["gateway_hostname"] = args.gateway_hostname
+    if args.websockets:
+        kwargs["websockets"] = True
     client = ProvisioningDeviceClient.create_from_x509_certificate(
         provisioning_host=args.provisioning_host,
         registration_id=args.registration_id,
