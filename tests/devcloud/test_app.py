@@ -6,12 +6,13 @@ import json
 import socket
 import ssl
 import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devcloud.allocation import AllocationRequest, AllocationResult
+from devcloud.allocation import AllocationRequest, AllocationResult, hashed
 from devcloud.app import DevCloudHandle, HubSpec
 from devcloud.errors import DeviceNotOnlineError, MethodTimeoutError
 from devcloud.pki import PKI, Issued
@@ -59,6 +60,8 @@ def test_provisioning_202_poll_200_then_hub_telemetry(
     devcloud: DevCloudHandle, mqtt_devices: list[MqttDevice]
 ) -> None:
     hub, identity = provision(devcloud, mqtt_devices, "dev-flow")
+    hostnames = [devcloud.hub_hostname(h) for h in ("hub1", "hub2")]
+    assert devcloud.hub_hostname(hub) == hashed("dev-flow", hostnames)
     registration = devcloud.client.get_registration("dev-flow")
     assert registration["hub"] == hub and registration["substatus"] == "initialAssignment"
     assert devcloud.client.registration_attempts("dev-flow") == 1
@@ -389,3 +392,86 @@ def test_dps_and_hub_over_websockets(tmp_path: Path, mqtt_devices: list[MqttDevi
         (message,) = cloud.client.wait_for_telemetry(since=since, device_id="dev-ws")
         assert message.body == b"over wss"
         assert cloud.client.hubs()[0]["wsPort"] == cloud.hub_ws_addresses["hub1"][1]  # type: ignore[index]
+
+
+class _Allocator(BaseHTTPRequestHandler):
+    hub_hostname = ""
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append(request)
+        answer = json.dumps(
+            {
+                "iotHubHostName": type(self).hub_hostname,
+                "initialTwin": {"properties": {"desired": {"from": "webhook"}}},
+                "payload": {"echo": request["deviceRuntimeContext"]["payload"]},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_custom_allocation_webhook_over_the_wire(
+    devcloud: DevCloudHandle, mqtt_devices: list[MqttDevice]
+) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Allocator)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        _Allocator.hub_hostname = devcloud.hub_hostname("hub2")
+        _Allocator.seen = []
+        url = f"http://127.0.0.1:{server.server_address[1]}/api/allocate"
+        devcloud.client.set_group_allocation("default", "custom", webhook_url=url)
+        identity = devcloud.pki.issue_device("dev-hook")
+        dps = MqttDevice.dps(devcloud, identity, "dev-hook")
+        mqtt_devices.append(dps)
+        assert dps.connect() == 0
+        status, body = dps.register(payload={"model": "pi5"})
+        assert status == 200
+        assert body["registrationState"]["assignedHub"] == devcloud.hub_hostname("hub2")
+        assert body["registrationState"]["payload"] == {"echo": {"model": "pi5"}}
+        (request,) = _Allocator.seen
+        assert request["deviceRuntimeContext"]["registrationId"] == "dev-hook"
+        assert request["enrollmentGroup"]["enrollmentGroupId"] == "default"
+        twin = devcloud.client.get_twin("dev-hook")
+        assert twin["hub"] == "hub2"
+        assert twin["properties"]["desired"]["from"] == "webhook"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("reprovisionandresetdata", ("hub2", None, "deviceDataReset")),
+        ("neverreprovision", ("hub1", 7, "reprovisionedToInitialAssignment")),
+    ],
+)
+def test_reprovision_policies_over_the_wire(
+    devcloud: DevCloudHandle,
+    mqtt_devices: list[MqttDevice],
+    policy: str,
+    expected: tuple[str, int | None, str],
+) -> None:
+    hub_after, desired_after, substatus = expected
+    client = devcloud.client
+    client.set_group_allocation("default", "static", ["hub1"], reprovision_policy=policy)
+    hub, identity = provision(devcloud, mqtt_devices, "dev-rp")
+    assert hub == "hub1"
+    client.patch_twin_desired("dev-rp", {"level": 7})
+    client.set_group_allocation("default", "static", ["hub2"])
+    hub, _ = provision(devcloud, mqtt_devices, "dev-rp", identity)
+    assert hub == hub_after
+    assert client.get_registration("dev-rp")["substatus"] == substatus
+    assert client.get_twin("dev-rp", hub=hub_after)["properties"]["desired"].get("level") == (
+        desired_after
+    )
+    assert [d["hub"] for d in client.list_devices()] == [hub_after]
