@@ -51,6 +51,8 @@ LOCK_TIMEOUT_S = 900.0
 #: Bound on ``pip install``.
 INSTALL_TIMEOUT_S = 600.0
 _MARKER = ".complete"
+#: stderr lines kept per script (a conformance script logs a few hundred).
+MAX_STDERR_LINES = 20_000
 
 Event = dict[str, Any]
 
@@ -160,6 +162,7 @@ class SDKProcess:
     _stderr: list[str] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
     _used: set[int] = field(default_factory=set)
+    _stderr_changed: threading.Condition = field(default_factory=threading.Condition)
 
     @classmethod
     def start(
@@ -205,13 +208,27 @@ class SDKProcess:
 
     def _read_stderr(self, stream: TextIO) -> None:
         for line in stream:
-            self._stderr.append(line)
-            del self._stderr[:-400]
+            with self._stderr_changed:
+                self._stderr.append(line)
+                del self._stderr[:-MAX_STDERR_LINES]
+                self._stderr_changed.notify_all()
 
     @property
     def stderr(self) -> str:
-        """The last lines the script wrote to stderr (SDK logs, tracebacks)."""
-        return "".join(self._stderr)
+        """What the script wrote to stderr (SDK and paho logs, tracebacks)."""
+        with self._stderr_changed:
+            return "".join(self._stderr)
+
+    def expect_log(self, text: str, count: int = 1, timeout_s: float = 20.0) -> None:
+        """Wait until ``text`` occurs on ``count`` stderr lines (paho logs each packet)."""
+
+        def seen() -> int:
+            return sum(text in line for line in self._stderr)
+
+        with self._stderr_changed:
+            if not self._stderr_changed.wait_for(lambda: seen() >= count, timeout_s):
+                problem = f"{seen()} of {count} log lines with {text!r} within {timeout_s} s"
+                raise RefSDKError(self._explain(problem))
 
     def send(self, command: Mapping[str, Any]) -> None:
         """Write one JSON command line to the script's stdin."""
@@ -261,7 +278,7 @@ class SDKProcess:
         shown = "\n".join(json.dumps(event) for event in self.events[-20:])
         return (
             f"{problem}\nargv: {self.argv}\nreturn code: {self.process.poll()}\n"
-            f"events:\n{shown}\nstderr (tail):\n{self.stderr[-6000:]}"
+            f"events:\n{shown}\nstderr (tail):\n{''.join(self._stderr[-60:])}"
         )
 
     def wait_exit(self, timeout_s: float = 20.0) -> int:
