@@ -5,8 +5,12 @@ venv itself is built once per machine, about 10 s, and cached), then the conform
 cases: the SDK provisions through devcloud's DPS with a registration payload and custom
 allocation, connects to the assigned hub, sends telemetry with properties, answers a
 direct method, receives a desired patch, reports properties, and gets CredentialError
-once its device is disabled. The SDK runs in subprocesses (tests/support/refsdk_scripts)
-that print JSON events; each assertion checks what the SDK saw *and* what devcloud stored.
+once its device is disabled; then C2D, a dropped connection (persistent session), DPS
+throttling (429 + retry-after), a DPS 401, WebSockets on port 443 and keep-alive.
+
+The SDK runs in subprocesses (tests/support/refsdk_scripts) that print JSON events and
+log every MQTT packet (paho) on stderr; assertions check what the SDK saw *and* what
+devcloud stored.
 """
 
 from __future__ import annotations
@@ -113,9 +117,8 @@ def refsdk_python() -> Path:
 #
 # The unmodified SDK against devcloud. The SDK's MQTT port is hard-coded to 8883 (443 for
 # WebSockets), so DPS and each hub listen on those ports of their own random 127.x.y.z
-# address. Hubs get DNS
-# hostnames (as Azure's assignedHub is), and the SDK reaches them with
-# ``gateway_hostname`` = the hub's address; the server certificates carry both.
+# address. Hubs get DNS hostnames (as Azure's assignedHub is), and the SDK reaches them
+# with ``gateway_hostname`` = the hub's address; the server certificates carry both.
 
 
 def _random_loopback(rng: random.Random) -> str:
