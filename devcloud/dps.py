@@ -206,8 +206,11 @@ class Provisioner:
 
     async def settle(self) -> None:
         """Wait until every assignment in flight has completed (for tests and shutdown)."""
-        while self._tasks:
+        for _ in range(1000):  # bounded: each round awaits every task then in flight
+            if not self._tasks:
+                return
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await asyncio.sleep(0)  # let done-callbacks forget the finished tasks
 
     async def drain(self) -> None:
         """Cancel running assignments (devcloud is stopping)."""

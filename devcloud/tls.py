@@ -50,7 +50,7 @@ class ServerTLS:
         ips = sorted({h for h in (host, hostname) if h and _is_ip(h)})
         dns = sorted({h for h in (hostname,) if h and not _is_ip(h)})
         issued = pki.issue_server(
-            hostname or host, ip_addresses=ips, dns_names=dns, file_stem=f"devcloud-{name}"
+            hostname or host, ip_addresses=ips, dns_names=dns, file_stem=f"devcloud-{name}-{host}"
         )
         self.cert_chain_path = issued.chain_path
         self.key_path = issued.key_path
