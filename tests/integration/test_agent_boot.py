@@ -26,7 +26,8 @@ def test_first_boot_provisions_and_sends_telemetry_then_warm_boot_skips_dps(
             since=since, device_id="dev-boot", count=3, timeout_s=10
         )
         body = messages[0].json()
-        assert body["readings"]["tmp102@1:0x48"]["temperature_c"]["unit"] == "degC"
+        assert body["readings"]["sht4x@1:0x45"]["temperature_c"]["unit"] == "degC"
+        assert body["readings"]["bme280@1:0x76"]["pressure_hpa"]["unit"] == "hPa"
         assert messages[0].system_properties["$.ct"] == "application/json"
         assert messages[0].system_properties["$.ce"] == "utf-8"
         sequences = [m.json()["sequence"] for m in messages]

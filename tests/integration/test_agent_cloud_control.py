@@ -40,8 +40,11 @@ def test_reported_properties_after_connect(cloud: Cloud, agent: AgentThread) -> 
     assert doc["hub"] == agent.daemon.status()["hub"]
     assert doc["deviceId"] == DEVICE
     assert doc["provisionedAt"]
-    assert set(doc["sensors"]) == {"tmp102@1:0x48", "bh1750@1:0x23"}
-    assert doc["sensors"]["tmp102@1:0x48"]["units"] == {"temperature_c": "degC"}
+    assert set(doc["sensors"]) == {"sht4x@1:0x45", "bme280@1:0x76"}
+    assert doc["sensors"]["sht4x@1:0x45"]["units"] == {
+        "temperature_c": "degC",
+        "humidity_pct": "%RH",
+    }
     assert doc["telemetryIntervalSeconds"]["value"] == 0.2
 
 
@@ -72,7 +75,7 @@ def test_desired_interval_change_is_applied_and_acknowledged(
 
 def test_invalid_desired_value_is_rejected_not_applied(cloud: Cloud, agent: AgentThread) -> None:
     twin = cloud.client.patch_twin_desired(
-        DEVICE, {"telemetryIntervalSeconds": -5, "sensors": {"bh1750@1:0x23": {"enabled": "nope"}}}
+        DEVICE, {"telemetryIntervalSeconds": -5, "sensors": {"bme280@1:0x76": {"enabled": "nope"}}}
     )
     version = twin["properties"]["desired"]["$version"]
     doc = wait_reported(
@@ -82,26 +85,26 @@ def test_invalid_desired_value_is_rejected_not_applied(cloud: Cloud, agent: Agen
     )
     ack = doc["telemetryIntervalSeconds"]
     assert ack["ac"] == 400 and ack["value"] == 0.2 and "between" in ack["ad"]
-    sensor_ack = doc["sensors"]["bh1750@1:0x23"]["enabled"]
+    sensor_ack = doc["sensors"]["bme280@1:0x76"]["enabled"]
     assert sensor_ack["ac"] == 400 and sensor_ack["av"] == version
     assert agent.daemon.settings.telemetry_interval_s == 0.2
 
 
 def test_disabling_a_sensor_through_the_twin(cloud: Cloud, agent: AgentThread) -> None:
-    cloud.client.patch_twin_desired(DEVICE, {"sensors": {"bh1750@1:0x23": {"enabled": False}}})
+    cloud.client.patch_twin_desired(DEVICE, {"sensors": {"bme280@1:0x76": {"enabled": False}}})
     wait_until(
-        lambda: "bh1750@1:0x23" in agent.daemon.settings.disabled_sensors, what="sensor disabled"
+        lambda: "bme280@1:0x76" in agent.daemon.settings.disabled_sensors, what="sensor disabled"
     )
     since = cloud.client.last_sequence_number()
     (message,) = cloud.client.wait_for_telemetry(since=since, device_id=DEVICE, timeout_s=5)
-    assert set(message.json()["readings"]) == {"tmp102@1:0x48"}
+    assert set(message.json()["readings"]) == {"sht4x@1:0x45"}
 
 
 def test_methods_answer_and_bad_payloads_are_rejected(cloud: Cloud, agent: AgentThread) -> None:
     status, payload = cloud.client.invoke_method(DEVICE, "getStatus", None, timeout_s=5)
     assert status == 200
     assert payload["state"] == "CONNECTED" and payload["deviceId"] == DEVICE
-    assert payload["sensors"] == ["tmp102@1:0x48", "bh1750@1:0x23"]
+    assert payload["sensors"] == ["sht4x@1:0x45", "bme280@1:0x76"]
     assert payload["uptimeS"] > 0 and payload["lastTelemetry"]["sequence"] >= 1
 
     status, payload = cloud.client.invoke_method(

@@ -139,11 +139,13 @@ def write_config(
     id_scope: str | None = None,
     ca_path: Path | None = None,
     sensors: str = (
-        '[{part = "TMP102", bus = 1, address = 0x48}, {part = "BH1750", bus = 1, address = 0x23}]'
+        # Fast parts: the mock chips take real conversion time, as the silicon would.
+        '[{part = "SHT4x", bus = 1, address = 0x45}, {part = "BME280", bus = 1, address = 0x76}]'
     ),
     interval_s: float = 0.2,
     lifecycle: dict[str, float] | None = None,
     extra: str = "",
+    hal_extra: str = "",
 ) -> AgentConfig:
     """Write an agent TOML for ``cloud`` and load it through the real loader."""
     timing = {
@@ -201,6 +203,7 @@ directory = "{state_dir}"
 backend = "mock"
 mock_seed = 1
 sensors = {sensors}
+{hal_extra}
 
 [log]
 level = "DEBUG"
