@@ -1,15 +1,18 @@
-"""First boot, warm boot, certificate replaced: the real agent against devcloud over TLS."""
+"""First boot, warm boot, one-shot provision, WebSockets: the real agent against devcloud."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from agent.config import load_config
 from agent.lifecycle import State
 from agent.state import STATE_FILE, read_status
-from tests.support.agentcloud import AgentThread, Cloud, issue_device, write_config
+from tests.support.agentcloud import AgentThread, Cloud, issue_device, running_cloud, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -46,3 +49,48 @@ def test_first_boot_provisions_and_sends_telemetry_then_warm_boot_skips_dps(
         cloud.client.wait_for_telemetry(since=since, device_id="dev-boot", count=1, timeout_s=10)
         assert agent.stop() == 0
     assert cloud.client.registration_attempts("dev-boot") == 1
+
+
+def test_mqtt_over_websockets_end_to_end(tmp_path: Path) -> None:
+    with running_cloud(tmp_path, websockets=True) as cloud:
+        device = issue_device(cloud, "dev-ws")
+        config = write_config(
+            tmp_path / "agent.toml", cloud, device, state_dir=tmp_path / "state", websockets=True
+        )
+        assert config.dps.transport == "websockets" and config.hub.transport == "websockets"
+        with AgentThread(config) as agent:
+            agent.wait_state(State.CONNECTED)
+            cloud.client.wait_for_telemetry(device_id="dev-ws", count=2, timeout_s=10)
+            status, _ = cloud.client.invoke_method("dev-ws", "getStatus", None, timeout_s=5)
+            assert status == 200
+            assert agent.stop() == 0
+
+
+def test_provision_command_then_run_skips_dps(cloud: Cloud, tmp_path: Path) -> None:
+    device = issue_device(cloud, "dev-oneshot")
+    write_config(tmp_path / "agent.toml", cloud, device, state_dir=tmp_path / "state")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "--config",
+            str(tmp_path / "agent.toml"),
+            "provision",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assignment = json.loads(result.stdout)
+    assert assignment["deviceId"] == "dev-oneshot"
+    assert cloud.client.registration_attempts("dev-oneshot") == 1
+    config = load_config(tmp_path / "agent.toml")
+    with AgentThread(config) as agent:
+        agent.wait_state(State.CONNECTED)
+        assert agent.daemon.status()["hub"] == assignment["assignedHub"]
+        assert agent.stop() == 0
+    assert cloud.client.registration_attempts("dev-oneshot") == 1

@@ -69,6 +69,7 @@ class Cloud:
     dps_host: str
     port: int
     state_dir: Path
+    ws_port: int | None = None
 
     @property
     def client(self) -> Any:
@@ -91,6 +92,7 @@ def running_cloud(
     *,
     addresses: tuple[str, str, str, str] | None = None,
     port: int | None = None,
+    websockets: bool = False,
     **overrides: Any,
 ) -> Iterator[Cloud]:
     """devcloud on fresh loopback addresses (or the given ones: REST, DPS, hub1, hub2)."""
@@ -99,11 +101,13 @@ def running_cloud(
         rest, dps, hub1, hub2 = addresses or fresh_addresses()
         try:
             chosen = port or free_port(dps)
+            ws = free_port(dps) if websockets else None
             config = DevCloudConfig(
                 state_dir=tmp / "devcloud",
                 dps_host=dps,
                 dps_port=chosen,
-                hubs=(HubSpec("hub1", hub1, chosen), HubSpec("hub2", hub2, chosen)),
+                dps_ws_port=ws,
+                hubs=(HubSpec("hub1", hub1, chosen, ws), HubSpec("hub2", hub2, chosen, ws)),
                 rest_host=rest,
                 rest_port=0,
                 assignment_delay_s=0.05,
@@ -115,7 +119,7 @@ def running_cloud(
             last_error = exc
             continue
         try:
-            yield Cloud(handle, dps, chosen, config.state_dir)
+            yield Cloud(handle, dps, chosen, config.state_dir, ws)
         finally:
             runner.__exit__(None, None, None)
         return
@@ -146,6 +150,7 @@ def write_config(
     lifecycle: dict[str, float] | None = None,
     extra: str = "",
     hal_extra: str = "",
+    websockets: bool = False,
 ) -> AgentConfig:
     """Write an agent TOML for ``cloud`` and load it through the real loader."""
     timing = {
@@ -166,6 +171,10 @@ def write_config(
     id_scope = id_scope or (cloud.handle.id_scope if cloud else None)
     assert ca and dps_host and dps_port and hub_port and id_scope, "no cloud: give every endpoint"
     lines = "\n".join(f"{k} = {v!r}" for k, v in timing.items())
+    transport = ""
+    if websockets:
+        assert cloud is not None and cloud.ws_port is not None
+        transport = f'transport = "websockets"\nws_port = {cloud.ws_port}'
     path.write_text(
         f"""
 [identity]
@@ -179,6 +188,7 @@ host = "{dps_host}"
 port = {dps_port}
 id_scope = "{id_scope}"
 server_ca_path = "{ca}"
+{transport}
 
 [dps.payload]
 model = "integration-test"
@@ -186,6 +196,7 @@ model = "integration-test"
 [hub]
 port = {hub_port}
 server_ca_path = "{ca}"
+{transport}
 keep_alive_s = 30
 
 [lifecycle]
