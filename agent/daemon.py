@@ -212,6 +212,8 @@ class Daemon:
             self.hal_error = f"{type(exc).__name__}: {exc}"
             log.error("HAL unavailable, running without sensors: %s", self.hal_error)
             self.sensors = []
+        if cfg.led_pin is None and cfg.button_pin is None:
+            return  # no GPIO: do not even import gpiozero
         factory = getattr(self._backend, "pin_factory", None)
         try:
             if cfg.led_pin is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from agent import wire
 from agent.core import Publish, Subscribe
@@ -47,7 +47,7 @@ def session(*, budget: bool = True) -> HubSession:
     )
 
 
-def publishes(actions: list[object]) -> list[Publish]:
+def publishes(actions: Sequence[object]) -> list[Publish]:
     return [a for a in actions if isinstance(a, Publish)]
 
 
