@@ -29,10 +29,13 @@ memory; a wiring bug (an event the lifecycle refuses) is logged, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
+import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -100,7 +103,10 @@ class Daemon:
         self.clock: Clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self._handoff: queue.SimpleQueue[lifecycle.Event] = queue.SimpleQueue()
-        self._wakeup = threading.Event()
+        # Self-pipe: a signal handler or another thread wakes an idle loop without locks.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._timers: dict[str, float] = {}
         self.transport: MqttTransport | None = None
         self._transport_kind: str | None = None  # "dps" or "hub"
@@ -137,8 +143,11 @@ class Daemon:
         self._hand_in(lifecycle.ReprovisionRequested(force=force, reason=reason))
 
     def _hand_in(self, event: lifecycle.Event) -> None:
+        # Runs in signal handlers and foreign threads: SimpleQueue.put and a socket send
+        # only (no locks a signal could find already held).
         self._handoff.put(event)
-        self._wakeup.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
         transport = self.transport
         if transport is not None:
             transport.wake()
@@ -262,12 +271,21 @@ class Daemon:
                 for event in events:
                     self._route(transport, event)
             else:
-                self._wakeup.wait(wait)
-                self._wakeup.clear()
+                self._idle(wait)
             now = self.clock.monotonic()
             if watchdog_s is not None and now - self._last_watchdog >= watchdog_s / 2:
                 self.notifier.watchdog()
                 self._last_watchdog = now
+
+    def _idle(self, wait_s: float) -> None:
+        """Wait with no connection open, until a timer is due or something is handed in."""
+        try:
+            readable, _, _ = select.select([self._wake_r], [], [], wait_s)
+        except (OSError, ValueError):
+            return
+        if readable:
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
 
     def _stopping(self) -> bool:
         return self.state is lifecycle.State.STOPPING
@@ -281,6 +299,8 @@ class Daemon:
         return max(0.0, min(MAX_WAIT_S, due))
 
     def _drain_handoff(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(4096)
         while True:
             try:
                 event = self._handoff.get_nowait()
@@ -703,6 +723,8 @@ class Daemon:
             except Exception as exc:
                 log.warning("closing %r: %s", closer, exc)
         self._write_status("STOPPED")
+        self._wake_r.close()
+        self._wake_w.close()
         if self._own_notifier:
             self.notifier.close()
         log.info("stopped")
