@@ -624,7 +624,13 @@ class Daemon:
                 return
             mid = transport.publish(action.topic, action.payload, action.qos)
         except TransportError as exc:
-            log.warning("send failed: %s", exc)
+            # A connection that cannot send is broken: drop it and let the cores react as
+            # to any lost connection (in-flight telemetry is released and sent again later).
+            log.warning("send failed, dropping the connection: %s", exc)
+            from agent.transport import ConnectionLost
+
+            transport.disconnect()
+            self._route(transport, ConnectionLost(f"send failed: {exc}"))
             return
         if action.tag is not None and self.session is not None and self._transport_kind == "hub":
             self.session.on_published(action.tag, mid)

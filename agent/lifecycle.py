@@ -9,7 +9,8 @@ injected :class:`random.Random`. Every (state, event) pair has exactly one entry
 :data:`TABLE`: a transition (with the states it can lead to), an ``ignore`` with its
 reason, or a ``refuse`` -- an event that cannot happen in that state if the daemon
 is wired correctly, raised as :class:`IllegalEventError` with the state unchanged.
-Nothing is silently undefined; :func:`render_mermaid` draws the table.
+Nothing is silently undefined; :func:`render_mermaid` / :func:`render_dot` draw the
+table (``python -m agent.lifecycle [--dot]``).
 
 ::
 
@@ -643,3 +644,9 @@ def unreachable_states(table: dict[tuple[State, type[Event]], Rule] | None = Non
 def pairs(states: Iterable[State] = State) -> list[tuple[State, type[Event]]]:
     """Every (state, event type) pair, in a stable order."""
     return [(s, e) for s in states for e in EVENT_TYPES]
+
+
+if __name__ == "__main__":  # ``python -m agent.lifecycle [--dot]`` prints the diagram
+    import sys
+
+    sys.stdout.write(render_dot() if "--dot" in sys.argv[1:] else render_mermaid())
