@@ -282,11 +282,10 @@ _STOP = go("stop", S.STOPPING)
 _STALE_TIMER = ignore("stale timer: cancelled on leaving the wait state")
 _NO_HUB_CONN = refuse("no hub connection is being made in this state")
 _NO_DPS = refuse("no registration is running in this state")
-_TO_DPS = (S.PROVISIONING, S.REPROVISION_WAIT, S.HUB_BACKOFF)
 
 TABLE: dict[tuple[State, type[Event]], Rule] = {
     # STARTING: only Boot gets things going.
-    (S.STARTING, Boot): go("boot", S.CONNECTING, *_TO_DPS),
+    (S.STARTING, Boot): go("boot", S.CONNECTING, S.PROVISIONING, S.REPROVISION_WAIT),
     (S.STARTING, ProvisioningSucceeded): _NO_DPS,
     (S.STARTING, ProvisioningFailed): _NO_DPS,
     (S.STARTING, RegistrationSent): _NO_DPS,
@@ -315,10 +314,10 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.CONNECTING, ProvisioningFailed): _NO_DPS,
     (S.CONNECTING, RegistrationSent): _NO_DPS,
     (S.CONNECTING, HubConnected): go("connected", S.CONNECTED),
-    (S.CONNECTING, HubRejected): go("rejected", *_TO_DPS),
+    (S.CONNECTING, HubRejected): go("rejected", S.PROVISIONING, S.REPROVISION_WAIT),
     (S.CONNECTING, HubUnavailable): go("unavailable", S.HUB_BACKOFF),
     (S.CONNECTING, ConnectionDropped): go("unavailable", S.HUB_BACKOFF),
-    (S.CONNECTING, ReprovisionRequested): go("reprovision", S.CONNECTING, *_TO_DPS),
+    (S.CONNECTING, ReprovisionRequested): go("reprovision", S.CONNECTING, S.PROVISIONING),
     (S.CONNECTING, TimerFired): _STALE_TIMER,
     (S.CONNECTING, Stop): _STOP,
     # CONNECTED: running.
@@ -342,8 +341,8 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.HUB_BACKOFF, HubRejected): _NO_HUB_CONN,
     (S.HUB_BACKOFF, HubUnavailable): _NO_HUB_CONN,
     (S.HUB_BACKOFF, ConnectionDropped): _NO_HUB_CONN,
-    (S.HUB_BACKOFF, ReprovisionRequested): go("reprovision", *_TO_DPS),
-    (S.HUB_BACKOFF, TimerFired): go("retry_hub", S.CONNECTING, *_TO_DPS),
+    (S.HUB_BACKOFF, ReprovisionRequested): go("reprovision", S.PROVISIONING, S.HUB_BACKOFF),
+    (S.HUB_BACKOFF, TimerFired): go("retry_hub", S.CONNECTING, S.PROVISIONING, S.HUB_BACKOFF),
     (S.HUB_BACKOFF, Stop): _STOP,
     # DPS_BACKOFF: waiting to try DPS again (no usable hub).
     (S.DPS_BACKOFF, Boot): refuse("already booted"),
@@ -354,8 +353,8 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.DPS_BACKOFF, HubRejected): _NO_HUB_CONN,
     (S.DPS_BACKOFF, HubUnavailable): _NO_HUB_CONN,
     (S.DPS_BACKOFF, ConnectionDropped): _NO_HUB_CONN,
-    (S.DPS_BACKOFF, ReprovisionRequested): go("reprovision", S.DPS_BACKOFF, *_TO_DPS),
-    (S.DPS_BACKOFF, TimerFired): go("retry_dps", *_TO_DPS),
+    (S.DPS_BACKOFF, ReprovisionRequested): go("reprovision", S.DPS_BACKOFF, S.PROVISIONING),
+    (S.DPS_BACKOFF, TimerFired): go("retry_dps", S.PROVISIONING, S.REPROVISION_WAIT),
     (S.DPS_BACKOFF, Stop): _STOP,
     # REPROVISION_WAIT: the budget is spent and no hub is usable.
     (S.REPROVISION_WAIT, Boot): refuse("already booted"),
@@ -366,8 +365,10 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.REPROVISION_WAIT, HubRejected): _NO_HUB_CONN,
     (S.REPROVISION_WAIT, HubUnavailable): _NO_HUB_CONN,
     (S.REPROVISION_WAIT, ConnectionDropped): _NO_HUB_CONN,
-    (S.REPROVISION_WAIT, ReprovisionRequested): go("reprovision", *_TO_DPS),
-    (S.REPROVISION_WAIT, TimerFired): go("retry_dps", *_TO_DPS),
+    (S.REPROVISION_WAIT, ReprovisionRequested): go(
+        "reprovision", S.PROVISIONING, S.REPROVISION_WAIT
+    ),
+    (S.REPROVISION_WAIT, TimerFired): go("retry_dps", S.PROVISIONING, S.REPROVISION_WAIT),
     (S.REPROVISION_WAIT, Stop): _STOP,
 }
 # STOPPING: the daemon is closing down; whatever still arrives changes nothing.

@@ -6,6 +6,8 @@ import random
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.config import LifecycleConfig
 from agent.core import CancelTimer, StartTimer
@@ -373,3 +375,47 @@ def test_snapshot_reports_state_hub_and_errors() -> None:
     assert snap.hub == "hub-a.local"
     assert snap.last_error == "refused"
     assert snap.outage_s == pytest.approx(10)
+
+
+event_strategy = st.sampled_from([*SAMPLE_EVENTS.values(), Boot(None), HubRejected(4)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(event_strategy, st.floats(0, 4000), st.booleans()), min_size=1, max_size=60
+    ),
+    limit=st.integers(1, 4),
+)
+def test_random_walks_stay_inside_the_declared_targets(
+    steps: list[tuple[Event, float, bool]], limit: int
+) -> None:
+    clock = FakeClock()
+    config = replace(CONFIG, reprovision_budget=limit)
+    machine = Lifecycle(
+        config, clock=clock, rng=random.Random(0), budget=ReprovisionBudget(limit, 3600.0)
+    )
+    for sampled, advance, force in steps:
+        event = (
+            ReprovisionRequested(force=force, reason="walk")
+            if isinstance(sampled, ReprovisionRequested)
+            else sampled
+        )
+        clock.advance(advance)
+        before = machine.state
+        rule = TABLE[(before, type(event))]
+        try:
+            actions = machine.handle(event)
+        except IllegalEventError:
+            assert rule.kind == "refuse"
+            assert machine.state is before
+            continue
+        if rule.kind == "go":
+            assert machine.state in rule.targets
+        else:
+            assert actions == [] and machine.state is before
+        # Invariants: a connection is asked for only in the states that make one.
+        if any(isinstance(a, ConnectDps) for a in actions):
+            assert machine.state is S.PROVISIONING
+        if any(isinstance(a, ConnectHub) for a in actions):
+            assert machine.state is S.CONNECTING
