@@ -14,9 +14,9 @@ what the agent wants to report, so one minimal PATCH brings it up to date. Desir
 pushes are applied as patches; a push or document whose ``$version`` is not newer
 than the last one applied is ignored.
 
-A method call is answered first; its effect (reprovision, new interval) is handed
-out only when the reply's PUBACK arrives (or the daemon gives up waiting), so the
-cloud hears "202" before the device disconnects.
+A new telemetry interval from a method is applied before its "200" is sent; a
+reprovision is handed out only when the "202" reply's PUBACK arrives (or the daemon
+gives up waiting), so the cloud hears it before the device disconnects.
 
 Anything malformed from the hub is logged and dropped; a method call with a bad
 payload is still answered (400). Nothing in here raises for the cloud's input.
@@ -219,7 +219,8 @@ class HubSession:
                     interval_ack=interval_ack,
                     sensor_acks=self.settings.sensor_acks,
                 )
-                actions.append(SettingsChanged(self.settings))
+                # Applied before the 200 goes out: whoever hears "200" sees it in force.
+                actions.insert(0, SettingsChanged(self.settings))
                 actions.extend(self.report())
             case methods.Reprovision():
                 assert publish.tag is not None
