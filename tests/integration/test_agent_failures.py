@@ -106,3 +106,37 @@ def test_replaced_certificate_discards_the_cache_and_provisions_again(
     assert cloud.client.registration_attempts("dev-renewed") == 2
     after = json.loads((state_dir / STATE_FILE).read_text())
     assert after["fingerprint"] != before["fingerprint"]
+
+
+def test_long_outage_of_the_cached_hub_goes_back_to_dps(cloud: Cloud, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    device = issue_device(cloud, "dev-outage")
+    config = write_config(
+        tmp_path / "agent.toml",
+        cloud,
+        device,
+        state_dir=state_dir,
+        lifecycle={"long_outage_s": 1.0},
+    )
+    with AgentThread(config) as agent:
+        agent.wait_state(State.CONNECTED)
+        assert agent.stop() == 0
+    # The cached hub is gone for good (nothing listens at its address any more).
+    saved = json.loads((state_dir / STATE_FILE).read_text())
+    dead_hub = fresh_addresses()[3]
+    saved["assignment"]["assignedHub"] = dead_hub
+    (state_dir / STATE_FILE).write_text(json.dumps(saved))
+    with AgentThread(config) as agent:
+        machine = wait_until(lambda: agent.daemon.machine, what="lifecycle")
+        wait_until(lambda: machine.hub_backoff.attempt >= 2, what="failed hub connects")
+        # Transient failures alone: the same hub again, until the outage is long.
+        assert cloud.client.registration_attempts("dev-outage") == 1
+        wait_until(
+            lambda: agent.state is State.CONNECTED and agent.daemon.status()["hub"] != dead_hub,
+            timeout_s=15,
+            what="reprovisioned after the long outage",
+        )
+        reason = str(agent.daemon.status()["lastReprovisionReason"])
+        assert "unreachable" in reason
+        assert agent.stop() == 0
+    assert cloud.client.registration_attempts("dev-outage") == 2
