@@ -733,7 +733,8 @@ class Daemon:
         self._wake_w.close()
         if self._own_notifier:
             self.notifier.close()
-        log.info("stopped")
+        if self.machine is not None:
+            log.info("stopped")
 
 
 class _StartupError(AgentError):
@@ -780,6 +781,7 @@ def provision_once(
     keystore = open_keystore(cfg.identity, config_path=cfg.source)
     daemon.identity = identity = keystore.load(now=datetime.now(UTC))
     daemon._check_tls()
+    daemon._open_hal()  # the registration payload names the sensors
     store = StateStore(
         cfg.state.directory,
         IdentityFingerprint(
@@ -820,4 +822,4 @@ def provision_once(
         store.save_budget(budget.recorded(now))
         return outcome.assignment
     finally:
-        daemon._close_transport()
+        daemon._shutdown()

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from agent import __version__
 from agent.config import load_config
 from agent.lifecycle import State
 from agent.state import STATE_FILE, read_status
+from devcloud.app import AllocationRequest, AllocationResult
 from tests.support.agentcloud import AgentThread, Cloud, issue_device, running_cloud, write_config
 
 pytestmark = pytest.mark.integration
@@ -66,7 +68,20 @@ def test_mqtt_over_websockets_end_to_end(tmp_path: Path) -> None:
             assert agent.stop() == 0
 
 
-def test_provision_command_then_run_skips_dps(cloud: Cloud, tmp_path: Path) -> None:
+def test_provision_command_uses_custom_allocation_then_run_skips_dps(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    seen: list[AllocationRequest] = []
+
+    def allocate(request: AllocationRequest) -> AllocationResult:
+        # Custom allocation on what the device says about itself.
+        seen.append(request)
+        sensors = request.payload["sensors"]
+        hub = cloud.hub_host("hub2" if "bme280@1:0x76" in sensors else "hub1")
+        return AllocationResult(hub, payload={"site": "lab-2"})
+
+    cloud.handle.set_custom_allocator(allocate)
+    cloud.client.set_group_allocation("default", "custom", ["hub1", "hub2"])
     device = issue_device(cloud, "dev-oneshot")
     write_config(tmp_path / "agent.toml", cloud, device, state_dir=tmp_path / "state")
     result = subprocess.run(
@@ -87,6 +102,14 @@ def test_provision_command_then_run_skips_dps(cloud: Cloud, tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assignment = json.loads(result.stdout)
     assert assignment["deviceId"] == "dev-oneshot"
+    assert assignment["assignedHub"] == cloud.hub_host("hub2")
+    assert assignment["payload"] == {"site": "lab-2"}
+    (request,) = seen
+    assert request.payload == {
+        "model": "integration-test",
+        "agentVersion": __version__,
+        "sensors": ["sht4x@1:0x45", "bme280@1:0x76"],
+    }
     assert cloud.client.registration_attempts("dev-oneshot") == 1
     config = load_config(tmp_path / "agent.toml")
     with AgentThread(config) as agent:
