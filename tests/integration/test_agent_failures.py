@@ -140,3 +140,22 @@ def test_long_outage_of_the_cached_hub_goes_back_to_dps(cloud: Cloud, tmp_path: 
         assert "unreachable" in reason
         assert agent.stop() == 0
     assert cloud.client.registration_attempts("dev-outage") == 2
+
+
+def test_corrupt_state_file_is_kept_aside_and_the_agent_provisions(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / STATE_FILE).write_bytes(b'{"schema": 1, "fingerprint": tru')
+    device = issue_device(cloud, "dev-corrupt")
+    config = write_config(tmp_path / "agent.toml", cloud, device, state_dir=state_dir)
+    with AgentThread(config) as agent:
+        agent.wait_state(State.CONNECTED)
+        assert agent.stop() == 0
+    (copy,) = state_dir.glob(f"{STATE_FILE}.corrupt-*")
+    assert copy.read_bytes() == b'{"schema": 1, "fingerprint": tru'
+    assert (
+        json.loads((state_dir / STATE_FILE).read_text())["assignment"]["deviceId"] == "dev-corrupt"
+    )
+    assert cloud.client.registration_attempts("dev-corrupt") == 1
