@@ -216,11 +216,23 @@ class Daemon:
         cfg = self.config.hal
         try:
             self._backend = hal.open_backend(cfg.backend, seed=cfg.mock_seed)
-            self.sensors = list(hal.open_sensors(self._backend, cfg.sensors, cfg.buses))
         except hal.HALError as exc:
             self.hal_error = f"{type(exc).__name__}: {exc}"
             log.error("HAL unavailable, running without sensors: %s", self.hal_error)
-            self.sensors = []
+            return
+        try:
+            self.sensors = list(hal.open_sensors(self._backend, cfg.sensors, cfg.buses))
+        except hal.HALError as exc:
+            # One sensor that does not answer must not silence the others: open them all
+            # anyway; the absent one reports an error with every sample until it answers.
+            log.error("sensor set-up: %s; carrying on with the sensors that answer", exc)
+            try:
+                self.sensors = list(
+                    hal.open_sensors(self._backend, cfg.sensors, cfg.buses, require_present=False)
+                )
+            except hal.HALError as again:
+                self.hal_error = f"{type(again).__name__}: {again}"
+                log.error("HAL unavailable, running without sensors: %s", self.hal_error)
         if cfg.led_pin is None and cfg.button_pin is None:
             return  # no GPIO: do not even import gpiozero
         factory = getattr(self._backend, "pin_factory", None)

@@ -159,3 +159,34 @@ def test_corrupt_state_file_is_kept_aside_and_the_agent_provisions(
         json.loads((state_dir / STATE_FILE).read_text())["assignment"]["deviceId"] == "dev-corrupt"
     )
     assert cloud.client.registration_attempts("dev-corrupt") == 1
+
+
+def test_a_missing_sensor_is_reported_and_the_others_carry_on(cloud: Cloud, tmp_path: Path) -> None:
+    device = issue_device(cloud, "dev-halfsensors")
+    config = write_config(
+        tmp_path / "agent.toml",
+        cloud,
+        device,
+        state_dir=tmp_path / "state",
+        # Nothing answers at 0x49 on the mock board.
+        sensors=(
+            '[{part = "SHT4x", bus = 1, address = 0x45},'
+            ' {part = "TMP102", bus = 1, address = 0x49}]'
+        ),
+    )
+    with AgentThread(config) as agent:
+        agent.wait_state(State.CONNECTED)
+        (message,) = cloud.client.wait_for_telemetry(device_id="dev-halfsensors", timeout_s=10)
+        body = message.json()
+        assert set(body["readings"]) == {"sht4x@1:0x45"}
+        assert "tmp102@1:0x49" in body["errors"]
+        reported = wait_until(
+            lambda: (
+                cloud.client.get_twin("dev-halfsensors")["properties"]["reported"]
+                .get("errors", {})
+                .get("tmp102@1:0x49")
+            ),
+            what="the sensor error in reported properties",
+        )
+        assert reported
+        assert agent.stop() == 0
