@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the demo need. Installed only when missing, only as root.
-SYSTEM_PACKAGES := python3-venv python3-dev gcc openssl ca-certificates
+SYSTEM_PACKAGES := python3-venv python3-dev gcc openssl ca-certificates systemd
 APT := apt-get -o DPkg::Lock::Timeout=300 -y -q
 
 .PHONY: all demo test lint typecheck pytest sysdeps venv clean
@@ -28,8 +28,9 @@ sysdeps:
 
 $(VENV)/.installed: pyproject.toml | sysdeps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@echo "installing the project into $(VENV) (log: $(VENV)/install.log)"
+	@{ $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[dev]'; } \
+	    > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	touch $@
 
 venv: $(VENV)/.installed
