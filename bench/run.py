@@ -123,14 +123,15 @@ def run_benchmarks(
             if "backlog" in sections:
                 backlog: dict[str, list[dict[str, Any]]] = {lc.kind: [] for lc in launchers}
                 for rep in range(settings.backlog_repetitions):
+                    outage_s = settings.outage_s + rep * settings.outage_step_s
                     for launcher in launchers:
                         name = f"backlog-{launcher.kind}-{rep}"
                         progress(
                             f"backlog drain {rep + 1}/{settings.backlog_repetitions}: "
-                            f"{launcher.kind} (hub away {settings.outage_s:g} s)"
+                            f"{launcher.kind} (hub away {outage_s:g} s)"
                         )
                         spec = make_spec(cloud, workdir / "devices", name)
-                        drain = backlog_drain(cloud, launcher, spec, settings)
+                        drain = backlog_drain(cloud, launcher, spec, settings, outage_s)
                         backlog[launcher.kind].append(drain.as_json())
                 results["backlog"] = backlog
     if "storm" in sections:
@@ -158,8 +159,14 @@ def run_benchmarks(
         " enqueuedTimeUtc of the device's message.",
         "Both clients run their defaults for reconnects: the agent's backoff"
         " (1 s base, full jitter) and the SDK's connection_retry_interval"
-        f" ({settings.sdk_connection_retry_interval_s} s).",
-        "The SDK program queues samples in memory and sends them one at a time"
+        f" ({settings.sdk_connection_retry_interval_s} s, a fixed grid from the drop; the"
+        " SDK program's sender retries at the same pace).",
+        "Hub outages last "
+        + ", ".join(
+            f"{settings.outage_s + n * settings.outage_step_s:g}"
+            for n in range(settings.backlog_repetitions)
+        )
+        + " s. The SDK program queues samples in memory and sends them one at a time"
         " (send_message returns on PUBACK); the agent keeps up to 10 in flight.",
         "Storm phases run in order: first boot, warm restart, restart with wiped state.",
     ]

@@ -12,7 +12,7 @@ polling latency never enters a result. DPS traffic is counted by devcloud
   (RSS and threads after ``steady_messages`` delivered), reprovision (the ``reprovision``
   method while DPS now allocates to the other hub, until the first message from that
   hub), SIGTERM, then warm boot (cached hub; DPS must see no request).
-* :func:`backlog_drain` — a connected device's hub goes away for ``outage_s`` and comes
+* :func:`backlog_drain` — a connected device's hub goes away for a while and comes
   back; how long until it reconnects and until everything sampled meanwhile arrived,
   and what was lost or duplicated (sequence numbers in the bodies).
 * :func:`reboot_storm` — ``fleet_size`` devices started at once under a DPS throttle,
@@ -178,7 +178,11 @@ class BacklogDrain:
 
 
 def backlog_drain(
-    cloud: BenchCloud, launcher: Launcher, spec: DeviceSpec, settings: BenchSettings
+    cloud: BenchCloud,
+    launcher: Launcher,
+    spec: DeviceSpec,
+    settings: BenchSettings,
+    outage_s: float,
 ) -> BacklogDrain:
     """Take the device's hub away for ``outage_s``, bring it back, watch the backlog drain."""
     name = spec.name
@@ -195,7 +199,7 @@ def backlog_drain(
 
         down_at = time.time()
         cloud.stop_hub(hub)
-        threading.Event().wait(settings.outage_s)  # the outage itself: a chosen duration
+        threading.Event().wait(outage_s)  # the outage itself: a chosen duration
         up_at = time.time()
         cloud.start_hub(hub)
 

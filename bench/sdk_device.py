@@ -14,7 +14,9 @@ Theory of operation
 2. The main thread samples every ``--interval-s`` on a steady cadence and appends a
    message to a bounded in-memory queue (oldest dropped when full), as the agent does.
 3. A sender thread takes the oldest message and calls ``send_message`` (QoS 1: it
-   returns on PUBACK). A failed send puts the message back at the front.
+   returns on PUBACK). A failed send (the SDK raises at once when it cannot connect)
+   puts the message back at the front and waits ``--connection-retry-interval``, the
+   pace of the SDK's own reconnects, before the next try.
 4. A ``reprovision`` direct method is answered 202, then the main thread shuts the hub
    client down, registers with DPS again, persists and connects to the new hub.
 5. SIGTERM: shut the client down and exit 0 (``os._exit``: the SDK leaves threads).
@@ -45,6 +47,7 @@ from azure.iot.device import (  # type: ignore[import-not-found]
     MethodResponse,
     ProvisioningDeviceClient,
 )
+from azure.iot.device.exceptions import CredentialError  # type: ignore[import-not-found]
 
 _print_lock = threading.Lock()
 #: Bound on one DPS registration or hub connect attempt before the program gives up.
@@ -128,8 +131,14 @@ class Device:
         )
         client.connect()
         client.on_method_request_received = lambda request: self.on_method(client, request)
+        client.on_connection_state_change = self.on_connection_change
         emit("connected", hub=assignment["hub"], threads=threading.active_count())
         return client
+
+    def on_connection_change(self) -> None:
+        """The SDK (re)connected or lost the connection: wake a waiting sender."""
+        with self.changed:
+            self.changed.notify_all()
 
     def on_method(self, client: Any, request: Any) -> None:
         """``reprovision`` -> 202 and a re-registration; anything else -> 404."""
@@ -143,7 +152,12 @@ class Device:
                 self.changed.notify_all()
 
     def boot(self) -> None:
-        """Connect to the cached hub, else (or if refused) register first."""
+        """Connect to the cached hub; register first if there is none or the hub refuses us.
+
+        A refusal (``CredentialError``: unknown, disabled or moved device) sends the
+        device back to DPS; any other failure retries after the SDK's own
+        ``connection_retry_interval``.
+        """
         for _attempt in range(MAX_BOOT_ATTEMPTS):
             if self.stop.is_set():
                 return
@@ -152,10 +166,11 @@ class Device:
                 if assignment is None:
                     assignment = self.register()
                 client = self.connect(assignment)
-            except Exception as exc:  # what a user would do: log, go back to DPS, retry
+            except Exception as exc:  # what a user would do: log, maybe go back to DPS, retry
                 emit("boot-failed", type=type(exc).__name__, message=str(exc))
-                self.state_file.unlink(missing_ok=True)
-                self.stop.wait(1.0)
+                if isinstance(exc, CredentialError):
+                    self.state_file.unlink(missing_ok=True)
+                self.stop.wait(self.args.connection_retry_interval)
                 continue
             with self.changed:
                 self.client = client
@@ -222,11 +237,16 @@ class Device:
                 message, client = self.queue.popleft(), self.client
             try:
                 client.send_message(message)
-            except Exception as exc:  # put it back; the next client sends it
+            except Exception as exc:  # put it back; retry at the SDK's own reconnect pace
                 emit("send-failed", type=type(exc).__name__, message=str(exc))
                 with self.changed:
                     self.queue.appendleft(message)
-                self.stop.wait(0.2)
+                    self.changed.wait_for(
+                        lambda failed=client: (  # type: ignore[misc]
+                            self.stop.is_set() or self.client is not failed or failed.connected
+                        ),
+                        timeout=self.args.connection_retry_interval,
+                    )
 
 
 def main() -> None:

@@ -16,9 +16,11 @@ class BenchSettings:
     steady_messages: int = 20
     #: Telemetry interval of both clients.
     interval_s: float = 0.5
-    #: Backlog-drain runs per client, and how long the hub is away in each.
+    #: Backlog-drain runs per client; the hub is away ``outage_s + n * outage_step_s`` in
+    #: run n (varied, so the SDK's fixed reconnect grid does not line up with the return).
     backlog_repetitions: int = 3
-    outage_s: float = 10.0
+    outage_s: float = 12.0
+    outage_step_s: float = 3.0
     #: Devices per client in the reboot storm, and devcloud's DPS throttle during it.
     fleet_size: int = 20
     storm_registrations_per_second: float = 2.0
@@ -46,6 +48,7 @@ QUICK = BenchSettings(
     interval_s=0.2,
     backlog_repetitions=1,
     outage_s=1.0,
+    outage_step_s=0.5,
     fleet_size=2,
     storm_registrations_per_second=1.0,
     sdk_connection_retry_interval_s=1,
