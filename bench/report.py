@@ -160,7 +160,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
         f"- date: {meta.get('date', '?')}",
         f"- machine: {meta.get('machine', '?')}",
-        f"- python: {meta.get('python', '?')}; mode: {meta.get('mode', '?')};"
+        f"- code: {meta.get('code', '?')}; python: {meta.get('python', '?')};"
+        f" mode: {meta.get('mode', '?')};"
         f" duration: {_fmt(meta.get('duration_s'))} s",
         f"- runs: {settings.get('repetitions')} boot cycles and "
         f"{settings.get('backlog_repetitions')} backlog runs per client (medians);"

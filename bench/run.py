@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +70,28 @@ def machine_description() -> str:
     )
 
 
+def code_version(root: Path = ROOT) -> str:
+    """The commit the benchmarked code comes from (``-dirty``: with uncommitted changes)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "agent", "hal", "devcloud"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if changes else commit
+
+
 def _launchers(
     cloud: BenchCloud, settings: BenchSettings, clients: Sequence[str], sdk_python: Path | None
 ) -> list[Launcher]:
@@ -103,6 +126,7 @@ def run_benchmarks(
             "machine": machine_description(),
             "python": platform.python_version(),
             "sdk_version": SDK_VERSION,
+            "code": code_version(),
         },
         "settings": settings.as_json(),
     }
