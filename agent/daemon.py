@@ -21,10 +21,20 @@ stops the pings; STATUS is the lifecycle's description; STOPPING on shutdown.
 ``status.json`` in the state directory is rewritten on each lifecycle change.
 Threads: this one, plus at most gpiozero's LED blinker and button watcher.
 
-Failure policy here: a keystore or TLS-file problem at start is fatal (exit 78);
-a HAL that cannot open degrades to no sensors, reported in the twin and status; a
-state directory that cannot be written is logged and the agent carries on from
-memory; a wiring bug (an event the lifecycle refuses) is logged, never fatal.
+Failure policy here: a configuration problem at start is fatal (exit 78): a
+missing identity file, a key readable by others, server CA files that do not load.
+A certificate that cannot be used *now* (not yet valid, expired, not matching its
+key, a chain that does not build) is not: the lifecycle waits in IDENTITY_WAIT
+(READY is sent, sensors are sampled into the bounded queue, STATUS/status.json/LED
+say what is wrong and the fix) and the keystore is re-checked on the lifecycle's
+timer and whenever the identity files change (inode/size/mtime, polled every
+:data:`IDENTITY_POLL_S`). A hub or DPS failure while the certificate has gone out of
+its validity window is fed to the lifecycle as IdentityInvalid, so an expiry while
+running waits instead of walking hub -> DPS -> DPS. The keystore's checks run in a
+short-lived child (:func:`agent.identity.load_in_child`), so ``cryptography`` never
+loads here. A HAL that cannot open degrades to no sensors, reported in the twin and
+status; a state directory that cannot be written is logged and the agent carries on
+from memory; a wiring bug (an event the lifecycle refuses) is logged, never fatal.
 """
 
 from __future__ import annotations
@@ -50,13 +60,14 @@ from agent.errors import (
     EX_OK,
     EX_SOFTWARE,
     AgentError,
+    CertificateInvalidError,
     TransportError,
 )
-from agent.keystore import Identity, open_keystore
+from agent.identity import Identity, files_signature, load_in_child
 from agent.methods import Reprovision
 from agent.sdnotify import Notifier
 from agent.session import HubSession, ReportedContext, SettingsChanged, sensor_infos
-from agent.state import IdentityFingerprint, StateStore
+from agent.state import IdentityFingerprint, PersistedState, StateStore
 from agent.telemetry import MemoryQueue, Publisher, build_message, sample
 from agent.twin import Settings, initial_settings
 
@@ -67,6 +78,16 @@ log = logging.getLogger(__name__)
 
 SAMPLE_TIMER = "telemetry.sample"
 EFFECT_TIMER = "method.effect"
+IDENTITY_FILES_TIMER = "identity.files"
+#: How often the identity files are compared (stat only) while waiting for a usable one.
+IDENTITY_POLL_S = 1.0
+#: Failures that, with a certificate out of its validity window, mean "wait for a new one".
+_IDENTITY_SENSITIVE = (
+    lifecycle.HubRejected,
+    lifecycle.HubUnavailable,
+    lifecycle.ConnectionDropped,
+    lifecycle.ProvisioningFailed,
+)
 #: How long a method's effect waits for the PUBACK of its reply.
 EFFECT_WAIT_S = 2.0
 #: Longest single wait of the main loop (keeps shutdown and watchdog prompt).
@@ -80,7 +101,7 @@ def _led_pattern(state: lifecycle.State) -> str:
             return "CONNECTED"
         case lifecycle.State.PROVISIONING | lifecycle.State.CONNECTING:
             return "PROVISIONING"
-        case lifecycle.State.REPROVISION_WAIT:
+        case lifecycle.State.REPROVISION_WAIT | lifecycle.State.IDENTITY_WAIT:
             return "ERROR"
         case _:
             return "OFFLINE"
@@ -113,6 +134,7 @@ class Daemon:
         self.registration: provisioning.Registration | None = None
         self.session: HubSession | None = None
         self.identity: Identity | None = None
+        self._identity_files: tuple[tuple[int, int, int, int], ...] = ()
         self.store: StateStore | None = None
         self.machine: lifecycle.Lifecycle | None = None
         self.sensors: list[Any] = []
@@ -162,24 +184,22 @@ class Daemon:
     def start(self) -> None:
         """Identity, HAL, state, lifecycle; then READY. Raises AgentError if unusable."""
         cfg = self.config
-        keystore = open_keystore(cfg.identity, config_path=cfg.source)
-        self.identity = identity = keystore.load(now=datetime.now(UTC))
-        for warning in identity.warnings:
-            log.warning("identity: %s", warning)
-        self._check_tls()
+        problem: str | None = None
+        try:
+            identity: Identity | None = self._load_identity()
+        except CertificateInvalidError as exc:
+            # Not a configuration error: wait (running) until the certificate is usable.
+            identity, problem = None, str(exc)
+            log.error("identity unusable, waiting for a usable certificate: %s", problem)
+        if identity is not None:
+            self._check_tls(identity)
         self._open_hal()
-        self.store = StateStore(
-            cfg.state.directory,
-            IdentityFingerprint(
-                cfg.dps.host, cfg.dps.id_scope, identity.registration_id, identity.thumbprint
-            ),
-            clock=self.clock,
-        )
+        self.store = StateStore(cfg.state.directory, None, clock=self.clock)
         try:
             self.store.ensure_directory()
         except OSError as exc:
             log.error("state directory %s unusable: %s", cfg.state.directory, exc)
-        cached = self.store.load()
+        cached = self._adopt(identity) if identity is not None else None
         budget = self.store.load_budget(
             cfg.lifecycle.reprovision_budget, cfg.lifecycle.reprovision_window_s
         )
@@ -193,20 +213,65 @@ class Daemon:
         log.info(
             "device-agent %s ready: registration id %s, %d sensor(s), %s",
             __version__,
-            identity.registration_id,
+            identity.registration_id if identity else "(no usable identity yet)",
             len(self.sensors),
             f"cached hub {cached.assignment.assigned_hub}" if cached else "no cached hub",
         )
-        reason = self.store.discard_reason or "first boot: no cached assignment"
-        self._feed(lifecycle.Boot(cached.assignment if cached else None, reason=reason))
+        if problem is not None:
+            self._feed(lifecycle.IdentityInvalid(problem))
+        else:
+            reason = self.store.discard_reason or "first boot: no cached assignment"
+            self._feed(lifecycle.Boot(cached.assignment if cached else None, reason=reason))
         self._start_timer(SAMPLE_TIMER, 0.0)
 
-    def _check_tls(self) -> None:
+    def _load_identity(self) -> Identity:
+        """Run the keystore's checks (in a child process) and remember the files' signature."""
+        cfg = self.config
+        self._identity_files = files_signature(cfg.identity)
+        now = datetime.fromtimestamp(self.clock.time(), UTC)
+        identity = load_in_child(cfg.identity, config_path=cfg.source, now=now)
+        for warning in identity.warnings:
+            log.warning("identity: %s", warning)
+        return identity
+
+    def _adopt(self, identity: Identity) -> PersistedState | None:
+        """Make ``identity`` the current one; return the assignment cached for it."""
+        cfg = self.config
+        self.identity = identity
+        assert self.store is not None
+        self.store.bind(
+            IdentityFingerprint(
+                cfg.dps.host, cfg.dps.id_scope, identity.registration_id, identity.thumbprint
+            )
+        )
+        return self.store.load()
+
+    def _recheck_identity(self) -> None:
+        """IDENTITY_WAIT: load the identity again; feed the outcome to the lifecycle."""
+        try:
+            identity = self._load_identity()
+            self._check_tls(identity)
+        except AgentError as exc:
+            self._feed(lifecycle.IdentityInvalid(str(exc)))
+            return
+        cached = self._adopt(identity)
+        assert self.store is not None
+        log.info("identity usable: registration id %s", identity.registration_id)
+        reason = self.store.discard_reason or "identity usable again: no cached assignment"
+        self._feed(lifecycle.IdentityLoaded(cached.assignment if cached else None, reason=reason))
+
+    def _identity_problem_now(self) -> str | None:
+        identity = self.identity
+        if identity is None:
+            return None
+        return identity.invalid_reason(datetime.fromtimestamp(self.clock.time(), UTC))
+
+    def _check_tls(self, identity: Identity) -> None:
         from agent.transport import build_ssl_context
 
         for what in ("dps", "hub"):
             try:
-                build_ssl_context(self._tls(what))
+                build_ssl_context(self._tls(what, identity))
             except TransportError as exc:
                 raise _StartupError(f"{what} TLS settings: {exc}") from exc
 
@@ -341,6 +406,11 @@ class Daemon:
             self._sample()
         elif name == EFFECT_TIMER and self.session is not None:
             self._session_actions(self.session.take_pending_effects())
+        elif name == IDENTITY_FILES_TIMER and self.state is lifecycle.State.IDENTITY_WAIT:
+            self._start_timer(IDENTITY_FILES_TIMER, IDENTITY_POLL_S)
+            if files_signature(self.config.identity) != self._identity_files:
+                log.info("identity files changed; checking them again")
+                self._recheck_identity()
 
     def _start_timer(self, name: str, delay_s: float) -> None:
         self._timers[name] = self.clock.monotonic() + max(0.0, delay_s)
@@ -410,6 +480,12 @@ class Daemon:
         machine = self.machine
         if machine is None:
             return
+        if isinstance(event, _IDENTITY_SENSITIVE):
+            problem = self._identity_problem_now()
+            if problem is not None:
+                # Retrying cannot help (a hub rejection would even send us to DPS): wait.
+                log.warning("%s, and the certificate is unusable: %s", event, problem)
+                event = lifecycle.IdentityInvalid(problem)
         try:
             actions = machine.handle(event)
         except lifecycle.IllegalEventError as exc:
@@ -422,6 +498,8 @@ class Daemon:
         match action:
             case lifecycle.ConnectDps():
                 self._connect_dps()
+            case lifecycle.CheckIdentity():
+                self._recheck_identity()
             case lifecycle.ConnectHub(assignment=assignment):
                 self._connect_hub(assignment)
             case lifecycle.Disconnect():
@@ -453,6 +531,8 @@ class Daemon:
         self.notifier.status(f"{state.value}: {text}")
         if state is lifecycle.State.STOPPING:
             self.notifier.stopping()
+        if state is lifecycle.State.IDENTITY_WAIT and IDENTITY_FILES_TIMER not in self._timers:
+            self._start_timer(IDENTITY_FILES_TIMER, IDENTITY_POLL_S)
         if self._led is not None:
             import hal
 
@@ -475,10 +555,10 @@ class Daemon:
 
     # -- DPS --------------------------------------------------------------------------------------
 
-    def _tls(self, what: str) -> TlsSettings:
+    def _tls(self, what: str, identity: Identity | None = None) -> TlsSettings:
         from agent.transport import TlsSettings
 
-        ident = self.identity
+        ident = identity or self.identity
         assert ident is not None
         ca = self.config.dps.server_ca_path if what == "dps" else self.config.hub.server_ca_path
         return TlsSettings(ident.cert_chain_path, ident.key_path, ident.key_passphrase, ca)
@@ -696,7 +776,9 @@ class Daemon:
         errors = dict(self.sensor_errors)
         if self.hal_error:
             errors["hal"] = self.hal_error
-        if snap and snap.last_error:
+        if machine is not None and machine.identity_problem:
+            errors["identity"] = machine.identity_problem
+        elif snap and snap.last_error:
             errors["connection"] = snap.last_error
         return {
             "state": snap.state.value if snap else lifecycle.State.STARTING.value,
@@ -787,12 +869,13 @@ def provision_once(
     :class:`~agent.errors.BudgetExhaustedError` if the budget is spent.
     """
     from agent.errors import BudgetExhaustedError
+    from agent.keystore import open_keystore  # a one-shot command: cryptography is fine here
 
     daemon = Daemon(config)
     cfg = config
     keystore = open_keystore(cfg.identity, config_path=cfg.source)
     daemon.identity = identity = keystore.load(now=datetime.now(UTC))
-    daemon._check_tls()
+    daemon._check_tls(identity)
     daemon._open_hal()  # the registration payload names the sensors
     store = StateStore(
         cfg.state.directory,

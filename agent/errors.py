@@ -44,6 +44,7 @@ class KeystoreError(AgentError):
     exit_code = EX_CONFIG
 
     def __init__(self, message: str, *, path: Path | None = None, fix: str | None = None) -> None:
+        self.message = message
         self.path = path
         self.fix = fix
         text = message if path is None else f"{path}: {message}"

@@ -21,6 +21,11 @@ refuses, with a :class:`~agent.errors.KeystoreError` naming the file and the fix
 
 Under 30 days of validity left is a warning carried in :attr:`Identity.warnings`
 (and logged), not an error. The registration id is the leaf's CN unless configured.
+
+``python -m agent.keystore`` is the same check as a short-lived child process (JSON
+request on stdin, JSON answer on stdout): the daemon runs it through
+:func:`agent.identity.load_in_child` so that ``cryptography`` never enters the
+long-running process.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +46,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.config import REGISTRATION_ID_RE, IdentityConfig
 from agent.errors import CertificateInvalidError, KeyPermissionError, KeystoreError
+from agent.identity import Identity
 
 __all__ = [
     "EXPIRY_WARNING",
@@ -58,22 +63,6 @@ log = logging.getLogger(__name__)
 EXPIRY_WARNING = timedelta(days=30)
 #: Longest chain walked (leaf + intermediates) before giving up.
 MAX_CHAIN_LENGTH = 8
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A checked device identity, as the transport and the state file need it."""
-
-    registration_id: str
-    common_name: str
-    cert_chain_path: Path
-    key_path: Path
-    key_passphrase: bytes | None = field(repr=False)
-    #: SHA-256 of the leaf's DER, hex upper-case (as Azure shows it).
-    thumbprint: str
-    not_before: datetime
-    not_after: datetime
-    warnings: tuple[str, ...] = ()
 
 
 class Keystore(Protocol):
@@ -343,3 +332,32 @@ def _common_name(cert: x509.Certificate) -> str:
 
 def _subject(cert: x509.Certificate) -> str:
     return repr(cert.subject.rfc4514_string())
+
+
+def _child_main() -> int:
+    """``python -m agent.keystore``: one check, request on stdin, answer on stdout."""
+    import json
+    import sys
+
+    from agent.identity import config_from_json, error_to_json, identity_to_json
+
+    try:
+        request = json.loads(sys.stdin.read())
+        config = config_from_json(request["identity"])
+        config_path = Path(str(request["config_path"]))
+        now = datetime.fromisoformat(str(request["now"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"agent.keystore: bad request: {exc}", file=sys.stderr)
+        return 64
+    try:
+        identity = open_keystore(config, config_path=config_path).load(now=now)
+    except KeystoreError as exc:
+        answer: dict[str, object] = {"error": error_to_json(exc)}
+    else:
+        answer = {"identity": identity_to_json(identity)}
+    sys.stdout.write(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main())

@@ -24,6 +24,9 @@ table (``python -m agent.lifecycle [--dot]``).
     CONNECTED --ReprovisionRequested--> PROVISIONING (budget permitting, or forced)
     HUB_BACKOFF --TimerFired, outage >= long_outage_s--> PROVISIONING
     DPS_BACKOFF / REPROVISION_WAIT --TimerFired--> PROVISIONING (budget permitting)
+    STARTING / any connecting or waiting state --IdentityInvalid--> IDENTITY_WAIT
+    IDENTITY_WAIT --TimerFired--> IDENTITY_WAIT (CheckIdentity, next re-check timer)
+    IDENTITY_WAIT --IdentityLoaded--> CONNECTING / PROVISIONING (as Boot)
     any --Stop--> STOPPING
 
 Failure policy
@@ -48,9 +51,21 @@ most ``reprovision_budget`` per ``reprovision_window_s``). When it is spent the
 agent keeps using a hub that still might work, else waits in REPROVISION_WAIT and
 says until when. Only a forced request (``{"force": true}``) overrides it.
 
-Fatal: nothing in here. Configuration and identity errors stop the daemon before
-the lifecycle starts (exit 78); a refused event is a wiring bug that the daemon
-logs without changing state.
+Waits for a usable identity: a certificate that is not yet valid (a Pi without an
+RTC that booted before NTP), expired, not matching its key (a rotation that wrote the
+new certificate before the new key) or whose chain does not build. The daemon feeds
+IdentityInvalid -- at start instead of Boot, or while running when a hub or DPS
+failure coincides with a certificate that is no longer valid (an expiry while
+running must not turn into CONNACK 5 -> DPS -> 401 -> DPS ...). IDENTITY_WAIT makes
+no connection; it asks the daemon to re-check the keystore (CheckIdentity) on a
+capped full-jitter backoff (``backoff_base_s`` .. ``IDENTITY_RECHECK_CAP_S``), and
+the daemon also re-checks at once when the identity files change. IdentityLoaded
+then starts the normal lifecycle as Boot does (the daemon looks up the cached
+assignment for the new identity, so a new thumbprint provisions again).
+
+Fatal: nothing in here. Configuration errors (bad TOML, missing files, a key
+readable by others) stop the daemon before the lifecycle starts (exit 78); a
+refused event is a wiring bug that the daemon logs without changing state.
 """
 
 from __future__ import annotations
@@ -68,6 +83,8 @@ from agent.provisioning import Assignment
 from agent.state import ReprovisionBudget
 
 TIMER = "lifecycle"
+#: Longest wait between two keystore re-checks in IDENTITY_WAIT.
+IDENTITY_RECHECK_CAP_S = 60.0
 #: A hub connection that lasted this long forgives the backoff's failure count.
 STABLE_CONNECTION_S = 60.0
 
@@ -82,6 +99,7 @@ class State(enum.Enum):
     HUB_BACKOFF = "HUB_BACKOFF"
     DPS_BACKOFF = "DPS_BACKOFF"
     REPROVISION_WAIT = "REPROVISION_WAIT"
+    IDENTITY_WAIT = "IDENTITY_WAIT"
     STOPPING = "STOPPING"
 
 
@@ -175,6 +193,21 @@ class Stop:
     """SIGTERM or the like: shut down."""
 
 
+@dataclass(frozen=True)
+class IdentityInvalid:
+    """The certificate cannot be used now (validity, key mismatch, chain); says why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class IdentityLoaded:
+    """A re-check found a usable identity; ``cached`` is the assignment stored for it."""
+
+    cached: Assignment | None
+    reason: str = "identity usable again: no cached assignment"
+
+
 Event = (
     Boot
     | ProvisioningSucceeded
@@ -187,6 +220,8 @@ Event = (
     | ReprovisionRequested
     | TimerFired
     | Stop
+    | IdentityInvalid
+    | IdentityLoaded
 )
 EVENT_TYPES: tuple[type[Event], ...] = (
     Boot,
@@ -200,6 +235,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ReprovisionRequested,
     TimerFired,
     Stop,
+    IdentityInvalid,
+    IdentityLoaded,
 )
 
 # --- actions (besides StartTimer / CancelTimer) ------------------------------------------
@@ -215,6 +252,11 @@ class ConnectHub:
     """Open a connection to the assigned hub."""
 
     assignment: Assignment
+
+
+@dataclass(frozen=True)
+class CheckIdentity:
+    """Load and check the identity again; feed IdentityLoaded or IdentityInvalid."""
 
 
 @dataclass(frozen=True)
@@ -245,7 +287,15 @@ class Status:
     text: str
 
 
-Action = ConnectDps | ConnectHub | Disconnect | PersistAssignment | PersistBudget | Status
+Action = (
+    ConnectDps
+    | ConnectHub
+    | CheckIdentity
+    | Disconnect
+    | PersistAssignment
+    | PersistBudget
+    | Status
+)
 AnyAction = Action | StartTimer | CancelTimer
 
 # --- the table ------------------------------------------------------------------------------
@@ -282,6 +332,8 @@ _STOP = go("stop", S.STOPPING)
 _STALE_TIMER = ignore("stale timer: cancelled on leaving the wait state")
 _NO_HUB_CONN = refuse("no hub connection is being made in this state")
 _NO_DPS = refuse("no registration is running in this state")
+_TO_IDENTITY_WAIT = go("identity_invalid", S.IDENTITY_WAIT)
+_NOT_WAITING = refuse("the identity is re-checked only in IDENTITY_WAIT")
 
 TABLE: dict[tuple[State, type[Event]], Rule] = {
     # STARTING: only Boot gets things going.
@@ -296,6 +348,8 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.STARTING, ReprovisionRequested): ignore("not booted yet; boot decides"),
     (S.STARTING, TimerFired): _STALE_TIMER,
     (S.STARTING, Stop): _STOP,
+    (S.STARTING, IdentityInvalid): _TO_IDENTITY_WAIT,
+    (S.STARTING, IdentityLoaded): _NOT_WAITING,
     # PROVISIONING: one registration attempt on a DPS connection.
     (S.PROVISIONING, Boot): refuse("already booted"),
     (S.PROVISIONING, ProvisioningSucceeded): go("assigned", S.CONNECTING),
@@ -308,6 +362,8 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.PROVISIONING, ReprovisionRequested): ignore("already registering with DPS"),
     (S.PROVISIONING, TimerFired): _STALE_TIMER,
     (S.PROVISIONING, Stop): _STOP,
+    (S.PROVISIONING, IdentityInvalid): _TO_IDENTITY_WAIT,
+    (S.PROVISIONING, IdentityLoaded): _NOT_WAITING,
     # CONNECTING: waiting for the hub's CONNACK.
     (S.CONNECTING, Boot): refuse("already booted"),
     (S.CONNECTING, ProvisioningSucceeded): _NO_DPS,
@@ -320,6 +376,8 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.CONNECTING, ReprovisionRequested): go("reprovision", S.CONNECTING, S.PROVISIONING),
     (S.CONNECTING, TimerFired): _STALE_TIMER,
     (S.CONNECTING, Stop): _STOP,
+    (S.CONNECTING, IdentityInvalid): _TO_IDENTITY_WAIT,
+    (S.CONNECTING, IdentityLoaded): _NOT_WAITING,
     # CONNECTED: running.
     (S.CONNECTED, Boot): refuse("already booted"),
     (S.CONNECTED, ProvisioningSucceeded): _NO_DPS,
@@ -332,6 +390,8 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.CONNECTED, ReprovisionRequested): go("reprovision", S.CONNECTED, S.PROVISIONING),
     (S.CONNECTED, TimerFired): _STALE_TIMER,
     (S.CONNECTED, Stop): _STOP,
+    (S.CONNECTED, IdentityInvalid): _TO_IDENTITY_WAIT,
+    (S.CONNECTED, IdentityLoaded): _NOT_WAITING,
     # HUB_BACKOFF: waiting to try the same hub again.
     (S.HUB_BACKOFF, Boot): refuse("already booted"),
     (S.HUB_BACKOFF, ProvisioningSucceeded): _NO_DPS,
@@ -344,6 +404,8 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.HUB_BACKOFF, ReprovisionRequested): go("reprovision", S.PROVISIONING, S.HUB_BACKOFF),
     (S.HUB_BACKOFF, TimerFired): go("retry_hub", S.CONNECTING, S.PROVISIONING, S.HUB_BACKOFF),
     (S.HUB_BACKOFF, Stop): _STOP,
+    (S.HUB_BACKOFF, IdentityInvalid): _TO_IDENTITY_WAIT,
+    (S.HUB_BACKOFF, IdentityLoaded): _NOT_WAITING,
     # DPS_BACKOFF: waiting to try DPS again (no usable hub).
     (S.DPS_BACKOFF, Boot): refuse("already booted"),
     (S.DPS_BACKOFF, ProvisioningSucceeded): _NO_DPS,
@@ -356,6 +418,8 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.DPS_BACKOFF, ReprovisionRequested): go("reprovision", S.DPS_BACKOFF, S.PROVISIONING),
     (S.DPS_BACKOFF, TimerFired): go("retry_dps", S.PROVISIONING, S.REPROVISION_WAIT),
     (S.DPS_BACKOFF, Stop): _STOP,
+    (S.DPS_BACKOFF, IdentityInvalid): _TO_IDENTITY_WAIT,
+    (S.DPS_BACKOFF, IdentityLoaded): _NOT_WAITING,
     # REPROVISION_WAIT: the budget is spent and no hub is usable.
     (S.REPROVISION_WAIT, Boot): refuse("already booted"),
     (S.REPROVISION_WAIT, ProvisioningSucceeded): _NO_DPS,
@@ -370,6 +434,24 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     ),
     (S.REPROVISION_WAIT, TimerFired): go("retry_dps", S.PROVISIONING, S.REPROVISION_WAIT),
     (S.REPROVISION_WAIT, Stop): _STOP,
+    (S.REPROVISION_WAIT, IdentityInvalid): _TO_IDENTITY_WAIT,
+    (S.REPROVISION_WAIT, IdentityLoaded): _NOT_WAITING,
+    # IDENTITY_WAIT: no usable certificate; no connection, keystore re-checked on a timer.
+    (S.IDENTITY_WAIT, Boot): refuse("already booted"),
+    (S.IDENTITY_WAIT, ProvisioningSucceeded): _NO_DPS,
+    (S.IDENTITY_WAIT, ProvisioningFailed): _NO_DPS,
+    (S.IDENTITY_WAIT, RegistrationSent): _NO_DPS,
+    (S.IDENTITY_WAIT, HubConnected): _NO_HUB_CONN,
+    (S.IDENTITY_WAIT, HubRejected): _NO_HUB_CONN,
+    (S.IDENTITY_WAIT, HubUnavailable): _NO_HUB_CONN,
+    (S.IDENTITY_WAIT, ConnectionDropped): _NO_HUB_CONN,
+    (S.IDENTITY_WAIT, ReprovisionRequested): ignore("no usable identity to register with"),
+    (S.IDENTITY_WAIT, TimerFired): go("recheck_identity", S.IDENTITY_WAIT),
+    (S.IDENTITY_WAIT, Stop): _STOP,
+    (S.IDENTITY_WAIT, IdentityInvalid): go("identity_invalid", S.IDENTITY_WAIT),
+    (S.IDENTITY_WAIT, IdentityLoaded): go(
+        "identity_loaded", S.CONNECTING, S.PROVISIONING, S.REPROVISION_WAIT
+    ),
 }
 # STOPPING: the daemon is closing down; whatever still arrives changes nothing.
 TABLE.update({(S.STOPPING, kind): ignore("stopping: nothing more to do") for kind in EVENT_TYPES})
@@ -443,6 +525,10 @@ class Lifecycle:
         self.hub_backoff = Backoff(BackoffPolicy(config.backoff_base_s, config.backoff_cap_s), rng)
         dps_cap = max(config.dps_backoff_cap_s, config.backoff_base_s)
         self.dps_backoff = Backoff(BackoffPolicy(config.backoff_base_s, dps_cap), rng)
+        identity_cap = max(min(config.backoff_cap_s, IDENTITY_RECHECK_CAP_S), config.backoff_base_s)
+        self.identity_backoff = Backoff(BackoffPolicy(config.backoff_base_s, identity_cap), rng)
+        #: Why the identity cannot be used (IDENTITY_WAIT), else None.
+        self.identity_problem: str | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -485,6 +571,11 @@ class Lifecycle:
                 return (
                     f"reprovisioning budget spent ({self.config.reprovision_budget} per "
                     f"{self.config.reprovision_window_s:g} s); waiting until {utc_iso(at)}"
+                )
+            case State.IDENTITY_WAIT:
+                return (
+                    f"device certificate unusable: {self.identity_problem}; "
+                    "re-checking (and whenever the certificate or key files change)"
                 )
             case State.STOPPING:
                 return "stopping"
@@ -628,6 +719,39 @@ class Lifecycle:
             self.connected_at = None
         actions = self._to_dps(event.reason, force=event.force)
         return [Disconnect(), *actions] if leaving else actions
+
+    def _identity_invalid(self, event: Event) -> list[AnyAction]:
+        assert isinstance(event, IdentityInvalid)
+        changed = event.reason != self.identity_problem
+        self.identity_problem = event.reason
+        self.last_error = event.reason
+        if self.state is State.IDENTITY_WAIT:
+            # A re-check failed again (the timer is already running): say so if it is news.
+            return [Status(self.state, self.describe())] if changed else []
+        leaving = self.state is not State.STARTING
+        self.connected_at = None
+        self.identity_backoff.reset()
+        actions = self._wait(State.IDENTITY_WAIT, self.identity_backoff.next_delay_s())
+        return [Disconnect(), *actions] if leaving else actions
+
+    def _recheck_identity(self, event: Event) -> list[AnyAction]:
+        # The next re-check is armed first: CheckIdentity may lead on to another state.
+        return [StartTimer(TIMER, self.identity_backoff.next_delay_s()), CheckIdentity()]
+
+    def _identity_loaded(self, event: Event) -> list[AnyAction]:
+        assert isinstance(event, IdentityLoaded)
+        self.identity_problem = None
+        self.last_error = None
+        self.hub_rejected = False
+        self.outage_started = None
+        self.hub_backoff.reset()
+        self.identity_backoff.reset()
+        if event.cached is not None:
+            self.assignment = event.cached
+            self.state = State.CONNECTING
+            return [CancelTimer(TIMER), ConnectHub(event.cached)]
+        self.assignment = None
+        return self._to_dps(event.reason)
 
     def _stop(self, event: Event) -> list[AnyAction]:
         self.state = State.STOPPING

@@ -228,14 +228,25 @@ class ReprovisionBudget:
 
 
 class StateStore:
-    """The state directory, bound to one identity."""
+    """The state directory, bound to one identity.
 
-    def __init__(self, directory: Path, fingerprint: IdentityFingerprint, *, clock: Clock) -> None:
+    ``fingerprint=None``: no usable identity yet (the daemon waits for one); the budget
+    and the status file work, :meth:`load` finds nothing and :meth:`save` refuses until
+    :meth:`bind` names the identity.
+    """
+
+    def __init__(
+        self, directory: Path, fingerprint: IdentityFingerprint | None, *, clock: Clock
+    ) -> None:
         self.directory = directory
-        self.fingerprint = fingerprint.digest()
+        self.fingerprint = fingerprint.digest() if fingerprint is not None else None
         self._clock = clock
         #: Why the last :meth:`load` found nothing usable (None if it did, or if no file).
         self.discard_reason: str | None = None
+
+    def bind(self, fingerprint: IdentityFingerprint) -> None:
+        """Bind the store to ``fingerprint`` (an identity loaded, or a new one)."""
+        self.fingerprint = fingerprint.digest()
 
     @property
     def state_path(self) -> Path:
@@ -250,6 +261,8 @@ class StateStore:
         """The cached assignment for this identity, or None (never raises for bad content)."""
         self.discard_reason = None
         path = self.state_path
+        if self.fingerprint is None:
+            return None
         try:
             doc = _read_json_object(path)
             if doc is None:
@@ -273,6 +286,8 @@ class StateStore:
 
     def save(self, assignment: Assignment, *, reason: str | None) -> PersistedState:
         """Persist ``assignment`` for this identity."""
+        if self.fingerprint is None:
+            raise StateError(self.state_path, "no identity bound: nothing to persist for")
         state = PersistedState(self.fingerprint, assignment, reason, utc_iso(self._clock.time()))
         self.ensure_directory()
         atomic_write(self.state_path, _state_to_json(state))

@@ -14,11 +14,13 @@ from agent.core import CancelTimer, StartTimer
 from agent.errors import ProvisioningError, TransportError
 from agent.lifecycle import (
     EVENT_TYPES,
+    IDENTITY_RECHECK_CAP_S,
     STABLE_CONNECTION_S,
     TABLE,
     TIMER,
     AnyAction,
     Boot,
+    CheckIdentity,
     ConnectDps,
     ConnectHub,
     ConnectionDropped,
@@ -27,6 +29,8 @@ from agent.lifecycle import (
     HubConnected,
     HubRejected,
     HubUnavailable,
+    IdentityInvalid,
+    IdentityLoaded,
     IllegalEventError,
     Lifecycle,
     PersistAssignment,
@@ -74,6 +78,8 @@ SAMPLE_EVENTS: dict[type[Event], Event] = {
     ReprovisionRequested: ReprovisionRequested(reason="method"),
     TimerFired: TimerFired(),
     Stop: Stop(),
+    IdentityInvalid: IdentityInvalid("certificate expired"),
+    IdentityLoaded: IdentityLoaded(HUB_A),
 }
 
 
@@ -97,6 +103,7 @@ def put_in(state: State, machine: Lifecycle) -> Lifecycle:
         S.HUB_BACKOFF: [Boot(HUB_A), HubUnavailable("refused")],
         S.DPS_BACKOFF: [Boot(None), ProvisioningFailed(TransportError("down"))],
         S.REPROVISION_WAIT: [Boot(HUB_A), HubRejected(5)],
+        S.IDENTITY_WAIT: [IdentityInvalid("certificate not yet valid")],
         S.STOPPING: [Stop()],
     }
     for event in paths[state]:
@@ -195,6 +202,18 @@ LEGAL = [
     (S.CONNECTING, Stop(), S.STOPPING, [CancelTimer, Disconnect]),
     (S.HUB_BACKOFF, Stop(), S.STOPPING, [CancelTimer, Disconnect]),
     (S.DPS_BACKOFF, Stop(), S.STOPPING, [CancelTimer, Disconnect]),
+    # Identity: waiting for a usable certificate, from anywhere it can be found unusable.
+    (S.STARTING, IdentityInvalid("expired"), S.IDENTITY_WAIT, [StartTimer]),
+    (S.PROVISIONING, IdentityInvalid("expired"), S.IDENTITY_WAIT, [Disconnect, StartTimer]),
+    (S.CONNECTING, IdentityInvalid("expired"), S.IDENTITY_WAIT, [Disconnect, StartTimer]),
+    (S.CONNECTED, IdentityInvalid("expired"), S.IDENTITY_WAIT, [Disconnect, StartTimer]),
+    (S.HUB_BACKOFF, IdentityInvalid("expired"), S.IDENTITY_WAIT, [Disconnect, StartTimer]),
+    (S.DPS_BACKOFF, IdentityInvalid("expired"), S.IDENTITY_WAIT, [Disconnect, StartTimer]),
+    (S.REPROVISION_WAIT, IdentityInvalid("expired"), S.IDENTITY_WAIT, [Disconnect, StartTimer]),
+    (S.IDENTITY_WAIT, IdentityInvalid("certificate not yet valid"), S.IDENTITY_WAIT, []),
+    (S.IDENTITY_WAIT, TimerFired(), S.IDENTITY_WAIT, [StartTimer, CheckIdentity]),
+    (S.IDENTITY_WAIT, IdentityLoaded(HUB_A), S.CONNECTING, [CancelTimer, ConnectHub]),
+    (S.IDENTITY_WAIT, Stop(), S.STOPPING, [CancelTimer, Disconnect]),
 ]
 
 
@@ -419,3 +438,63 @@ def test_random_walks_stay_inside_the_declared_targets(
             assert machine.state is S.PROVISIONING
         if any(isinstance(a, ConnectHub) for a in actions):
             assert machine.state is S.CONNECTING
+
+
+# --- identity --------------------------------------------------------------------------------
+
+
+def test_unusable_certificate_at_start_waits_and_rechecks_on_a_capped_backoff() -> None:
+    clock = FakeClock()
+    machine = new(clock, backoff_base_s=1.0, backoff_cap_s=10_000.0)
+    actions = machine.handle(IdentityInvalid("chain.pem: the certificate expired (fix: renew)"))
+    assert machine.state is S.IDENTITY_WAIT
+    assert not any(isinstance(a, ConnectDps | ConnectHub) for a in actions)
+    (status,) = [a for a in actions if isinstance(a, Status)]
+    assert "certificate expired (fix: renew)" in status.text
+    assert "certificate expired" in machine.describe()
+    delays = []
+    for _ in range(30):
+        actions = machine.handle(TimerFired())
+        assert machine.state is S.IDENTITY_WAIT
+        assert kinds(actions) == [StartTimer, CheckIdentity]
+        delays.append(next(a.delay_s for a in actions if isinstance(a, StartTimer)))
+    assert max(delays) <= IDENTITY_RECHECK_CAP_S
+    assert max(delays) > 1.0  # it grows beyond the base
+    assert len(set(delays)) > 5  # with jitter
+
+
+def test_identity_wait_reports_a_new_reason_once() -> None:
+    machine = put_in(S.IDENTITY_WAIT, new())
+    assert machine.handle(IdentityInvalid("certificate not yet valid")) == []
+    actions = machine.handle(IdentityInvalid("key does not match"))
+    assert [a.text for a in actions if isinstance(a, Status)] == [machine.describe()]
+    assert "key does not match" in machine.describe()
+
+
+def test_identity_loaded_without_cache_provisions_and_with_cache_connects() -> None:
+    machine = put_in(S.IDENTITY_WAIT, new())
+    actions = machine.handle(IdentityLoaded(None, reason="new certificate"))
+    assert machine.state is S.PROVISIONING
+    assert ConnectDps in kinds(actions)
+    assert machine.reprovision_reason == "new certificate"
+    assert machine.identity_problem is None and machine.last_error is None
+    again = put_in(S.IDENTITY_WAIT, new())
+    again.handle(IdentityLoaded(HUB_B))
+    assert again.state is S.CONNECTING and again.assignment == HUB_B
+
+
+def test_identity_loaded_with_a_spent_budget_waits_for_the_budget() -> None:
+    machine = put_in(S.IDENTITY_WAIT, new(spent=True))
+    actions = machine.handle(IdentityLoaded(None))
+    assert machine.state is S.REPROVISION_WAIT
+    assert ConnectDps not in kinds(actions)
+
+
+def test_expiry_while_connected_waits_without_dps_and_ignores_reprovision() -> None:
+    machine = put_in(S.CONNECTED, new())
+    before = machine.budget
+    machine.handle(IdentityInvalid("expired"))
+    assert machine.state is S.IDENTITY_WAIT
+    assert machine.handle(ReprovisionRequested(force=True)) == []
+    assert machine.state is S.IDENTITY_WAIT
+    assert machine.budget == before

@@ -1,0 +1,103 @@
+"""agent.identity: the keystore's checks in a child process, with real certificates."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agent.config import IdentityConfig
+from agent.errors import CertificateInvalidError, KeyPermissionError, KeystoreError
+from agent.identity import (
+    files_signature,
+    identity_from_json,
+    identity_to_json,
+    load_in_child,
+)
+from agent.keystore import open_keystore
+from devcloud.pki import PKI, Issued
+
+CONFIG = Path("/etc/device-agent/agent.toml")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return PKI.create(tmp_path_factory.mktemp("pki"))
+
+
+def config_for(issued: Issued, pki: PKI, **overrides: object) -> IdentityConfig:
+    fields: dict[str, object] = {
+        "cert_chain_path": issued.chain_path,
+        "key_path": issued.key_path,
+        "trust_anchor_paths": (pki.root_path,),
+    }
+    fields.update(overrides)
+    return IdentityConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_child_loads_the_same_identity_as_the_keystore(pki: PKI, tmp_path: Path) -> None:
+    issued = pki.issue_device("dev-child", key_passphrase=b"s3cret")
+    secret = tmp_path / "passphrase"
+    secret.write_bytes(b"s3cret\n")
+    secret.chmod(0o600)
+    config = config_for(issued, pki, key_passphrase_file=secret)
+    now = datetime.now(UTC)
+    in_process = open_keystore(config, config_path=CONFIG).load(now=now)
+    child = load_in_child(config, config_path=CONFIG, now=now)
+    assert child == in_process
+    assert child.key_passphrase == b"s3cret"
+    assert identity_from_json(identity_to_json(child)) == child
+
+
+def test_child_checks_against_the_time_it_is_given(pki: PKI) -> None:
+    issued = pki.issue_device("dev-later")
+    later = issued.cert.not_valid_after_utc + timedelta(seconds=1)
+    with pytest.raises(CertificateInvalidError, match="expired") as caught:
+        load_in_child(config_for(issued, pki), config_path=CONFIG, now=later)
+    assert caught.value.path == issued.chain_path
+    assert caught.value.fix == "install a renewed device certificate"
+
+
+def test_child_errors_keep_their_class(pki: PKI, tmp_path: Path) -> None:
+    issued = pki.issue_device("dev-open")
+    open_key = tmp_path / "open.key"
+    open_key.write_bytes(issued.key_path.read_bytes())
+    open_key.chmod(0o644)
+    now = datetime.now(UTC)
+    with pytest.raises(KeyPermissionError, match="chmod 600"):
+        load_in_child(config_for(issued, pki, key_path=open_key), config_path=CONFIG, now=now)
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(KeystoreError, match="no such file") as caught:
+        load_in_child(config_for(issued, pki, cert_chain_path=missing), config_path=CONFIG, now=now)
+    assert type(caught.value) is KeystoreError
+    other = pki.issue_device("dev-other")
+    with pytest.raises(CertificateInvalidError, match="does not belong"):
+        load_in_child(config_for(issued, pki, key_path=other.key_path), config_path=CONFIG, now=now)
+
+
+def test_validity_window(pki: PKI) -> None:
+    issued = pki.issue_device("dev-window")
+    identity = open_keystore(config_for(issued, pki), config_path=CONFIG).load(
+        now=datetime.now(UTC)
+    )
+    inside = identity.not_before + timedelta(seconds=1)
+    assert identity.valid_at(inside) and identity.invalid_reason(inside) is None
+    before = identity.not_before - timedelta(seconds=1)
+    assert "not valid before" in str(identity.invalid_reason(before))
+    assert "expired" in str(identity.invalid_reason(identity.not_after))
+    assert not identity.valid_at(identity.not_after)
+
+
+def test_files_signature_changes_when_a_file_is_replaced(pki: PKI) -> None:
+    issued = pki.issue_device("dev-sig")
+    config = config_for(issued, pki)
+    first = files_signature(config)
+    assert first == files_signature(config)
+    other = pki.issue_device("dev-sig", file_stem="dev-sig-2")
+    os.replace(other.key_path, issued.key_path)  # a new inode, maybe the same size
+    assert files_signature(config) != first
+    second = files_signature(config)
+    issued.chain_path.unlink()
+    assert files_signature(config) != second

@@ -1,0 +1,157 @@
+"""A certificate that cannot be used now does not kill the daemon: it waits, says why, recovers.
+
+Real certificates from devcloud's PKI (not yet valid, expired, a key that does not match);
+the fix is to replace the files the config names, as a rotation or NTP would, and the
+same daemon (no restart) provisions and sends telemetry -- including what it sampled
+while it waited.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agent.lifecycle import State
+from devcloud.pki import Issued
+from tests.support.agentcloud import (
+    AgentThread,
+    Cloud,
+    issue_device,
+    wait_until,
+    write_config,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def replace_identity(target: Issued, good: Issued) -> None:
+    """Write ``good``'s chain and key over ``target``'s files, certificate first."""
+    target.chain_path.write_bytes(good.chain_path.read_bytes())
+    target.key_path.write_bytes(good.key_path.read_bytes())  # keeps its mode 0600
+
+
+def live_status(state_dir: Path) -> dict[str, object]:
+    path = state_dir / "status.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def assert_waits_then_recovers(
+    cloud: Cloud, tmp_path: Path, device: Issued, registration_id: str, expected: str
+) -> None:
+    state_dir = tmp_path / "state"
+    config = write_config(tmp_path / "agent.toml", cloud, device, state_dir=state_dir)
+    with AgentThread(config) as agent:
+        agent.wait_state(State.IDENTITY_WAIT)
+        # Running, not exited; the status file says what is wrong and the fix.
+        status = wait_until(
+            lambda: (
+                live_status(state_dir).get("state") == "IDENTITY_WAIT" and live_status(state_dir)
+            ),
+            what="status.json in IDENTITY_WAIT",
+        )
+        assert expected in str(status["description"])
+        assert expected in str(status["errors"]["identity"])  # type: ignore[index]
+        assert agent.exit_code is None
+        # Sensors are sampled and queued while it waits; nothing reaches DPS.
+        wait_until(lambda: agent.daemon.sequence >= 3, what="samples taken while waiting")
+        assert len(agent.daemon.queue) >= 3
+        machine = agent.daemon.machine
+        assert machine is not None
+        wait_until(lambda: machine.identity_backoff.attempt >= 2, what="keystore re-checks")
+        assert agent.state is State.IDENTITY_WAIT
+        assert cloud.client.registration_attempts(registration_id) == 0
+        # The files are replaced with a usable pair: the same daemon provisions.
+        good = issue_device(cloud, registration_id, file_stem=f"{registration_id}-good")
+        replace_identity(device, good)
+        agent.wait_state(State.CONNECTED)
+        messages = cloud.client.wait_for_telemetry(device_id=registration_id, count=4, timeout_s=10)
+        # What was sampled while waiting is delivered too, starting with the first.
+        assert messages[0].json()["sequence"] == 1
+        assert cloud.client.registration_attempts(registration_id) == 1
+        assert agent.stop() == 0
+    assert live_status(state_dir)["state"] == "STOPPED"
+
+
+def test_not_yet_valid_certificate_waits_for_the_clock(cloud: Cloud, tmp_path: Path) -> None:
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    device = issue_device(cloud, "dev-early", not_before=tomorrow)
+    assert_waits_then_recovers(cloud, tmp_path, device, "dev-early", "not valid before")
+
+
+def test_expired_certificate_waits_for_a_renewed_one(cloud: Cloud, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    device = issue_device(
+        cloud, "dev-expired", not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)
+    )
+    assert_waits_then_recovers(cloud, tmp_path, device, "dev-expired", "expired")
+
+
+def test_rotation_with_the_new_certificate_before_the_new_key(cloud: Cloud, tmp_path: Path) -> None:
+    device = issue_device(cloud, "dev-rotating")
+    other = issue_device(cloud, "dev-rotating", file_stem="dev-rotating-next")
+    device.chain_path.write_bytes(other.chain_path.read_bytes())  # the key is still the old one
+    assert_waits_then_recovers(cloud, tmp_path, device, "dev-rotating", "does not belong")
+
+
+def test_certificate_expiring_while_running_waits_instead_of_storming_dps(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    lifetime_s = 6
+    expires = datetime.now(UTC) + timedelta(seconds=lifetime_s)
+    device = issue_device(cloud, "dev-expiring", not_after=expires)
+    state_dir = tmp_path / "state"
+    config = write_config(tmp_path / "agent.toml", cloud, device, state_dir=state_dir)
+    with AgentThread(config) as agent:
+        agent.wait_state(State.CONNECTED)
+        wait_until(
+            lambda: datetime.now(UTC) > device.cert.not_valid_after_utc,
+            timeout_s=lifetime_s + 5,
+            what="the certificate to expire",
+        )
+        # The hub drops the device (disabled); every reconnect now fails: with the old
+        # behaviour hub -> DPS -> hub ... each a TLS failure. The agent must wait instead.
+        cloud.client.disable_device("dev-expiring")
+        agent.wait_state(State.IDENTITY_WAIT)
+        assert "expired" in str(agent.daemon.status()["description"])
+        machine = agent.daemon.machine
+        assert machine is not None
+        wait_until(lambda: machine.identity_backoff.attempt >= 3, what="keystore re-checks")
+        assert agent.state is State.IDENTITY_WAIT
+        assert cloud.client.registration_attempts("dev-expiring") == 1
+        # Renewed certificate (new thumbprint): the cached assignment is discarded, DPS again.
+        cloud.client.enable_device("dev-expiring")
+        since = cloud.client.last_sequence_number()
+        good = issue_device(cloud, "dev-expiring", file_stem="dev-expiring-renewed")
+        replace_identity(device, good)
+        agent.wait_state(State.CONNECTED)
+        cloud.client.wait_for_telemetry(since=since, device_id="dev-expiring", timeout_s=10)
+        assert cloud.client.registration_attempts("dev-expiring") == 2
+        store = agent.daemon.store
+        assert store is not None and store.discard_reason is not None
+        assert agent.stop() == 0
+    saved = json.loads((state_dir / "state.json").read_text())
+    assert saved["assignment"]["deviceId"] == "dev-expiring"
+
+
+def test_device_agent_check_reports_the_certificate_problem(cloud: Cloud, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    now = datetime.now(UTC)
+    device = issue_device(
+        cloud, "dev-check", not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)
+    )
+    write_config(tmp_path / "agent.toml", cloud, device, state_dir=tmp_path / "state")
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "--config", str(tmp_path / "agent.toml"), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "[FAIL] certificate" in result.stdout
+    assert "expired" in result.stdout
