@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -35,16 +34,42 @@ __all__ = ["build_parser", "main"]
 EX_NOT_RUNNING = 3
 
 
+def _terminal_columns() -> int:
+    """What ``shutil.get_terminal_size`` says, without importing shutil (and bz2, lzma)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno() if sys.__stdout__ else 1).columns
+        except (OSError, ValueError):
+            columns = 80
+    return columns
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, given its width so that it does not import shutil."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        kwargs.setdefault("width", _terminal_columns() - 2)  # as HelpFormatter does
+        super().__init__(prog, **kwargs)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors exit 64 (EX_USAGE) instead of 2."""
+    """argparse, but usage errors exit 64 (EX_USAGE) instead of 2; lean help formatting."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole ``device-agent`` argument parser."""
+def build_parser(*, with_hal: bool = True) -> argparse.ArgumentParser:
+    """The ``device-agent`` argument parser (``with_hal=False``: without ``sensors``)."""
     parser = _Parser(
         prog="device-agent",
         description="Connects this device to Azure IoT: X.509 identity, DPS, IoT Hub telemetry.",
@@ -86,16 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     image_prep.set_defaults(func=_image_prep)
 
-    import hal.cli
+    if with_hal:
+        import hal.cli
 
-    hal.cli.register_cli(commands)
+        hal.cli.register_cli(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, map errors to exit codes."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # The HAL's commands (and their imports) only when they can be asked for: the
+    # long-running `run` stays lean.
+    needs_hal = any(word in ("sensors", "-h", "--help") for word in words)
+    parser = build_parser(with_hal=needs_hal)
+    args = parser.parse_args(words)
     try:
         code: int = args.func(args)
     except AgentError as exc:
@@ -104,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception:
+        import traceback
+
         traceback.print_exc()
         print("device-agent: internal error (a bug; please report it)", file=sys.stderr)
         return EX_SOFTWARE

@@ -44,6 +44,7 @@ import select
 import socket
 import ssl
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,43 @@ def build_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     if context.verify_mode != ssl.CERT_REQUIRED or not context.check_hostname:
         raise TransportError("refusing a TLS context without server verification")
     return context
+
+
+class _DeferredModule(types.ModuleType):
+    """Stands in for a module in ``sys.modules`` until one of its attributes is asked for."""
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+        import sys
+
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules:
+            setattr(sys.modules[parent], child, real)
+        return getattr(real, attr)
+
+
+def _defer_urllib_request() -> None:
+    """Make paho's ``import urllib.request`` cost nothing (before paho is first imported).
+
+    paho needs ``urllib.request`` only to look up proxies for PySocks, which the agent
+    never uses (it connects the socket itself). Importing it pulls in ``http.client``
+    and ``email`` (about 1 MiB of RSS). A :class:`_DeferredModule` takes its place
+    until something reads an attribute of it; then the real module is imported and
+    put everywhere the stand-in was, so a later user of ``urllib.request`` still works.
+    """
+    import sys
+
+    if "urllib.request" in sys.modules or "paho.mqtt.client" in sys.modules:
+        return
+    import urllib
+
+    stand_in = _DeferredModule("urllib.request")
+    sys.modules["urllib.request"] = stand_in
+    setattr(urllib, "request", stand_in)  # noqa: B010 - as the import system binds it
 
 
 class _Phase(enum.Enum):
@@ -437,6 +475,7 @@ class MqttTransport:
         self._hand_over_to_paho(tls_sock)
 
     def _hand_over_to_paho(self, tls_sock: ssl.SSLSocket) -> None:
+        _defer_urllib_request()
         from paho.mqtt.client import WebsocketConnectionError
 
         endpoint = self.endpoint

@@ -225,3 +225,75 @@ def test_ready_while_offline_and_sigterm_still_exits_0(tmp_path: Path) -> None:
             proc.wait(10)
         notify.close()
     assert "STOPPING=1" in messages
+
+
+#: Imported at exit by the wrapper below: every module the daemon process ever loaded.
+MODULE_DUMP = """
+import atexit, json, runpy, sys
+
+DUMP_TO = sys.argv[1]
+
+def dump():
+    names = sorted(
+        name for name, module in sys.modules.items()
+        if type(module).__name__ != "_DeferredModule"  # a stand-in, never loaded
+    )
+    with open(DUMP_TO, "w") as out:
+        json.dump(names, out)
+
+atexit.register(dump)
+sys.argv = ["device-agent", *sys.argv[2:]]
+runpy.run_module("agent", run_name="__main__", alter_sys=True)
+"""
+#: Modules the long-running daemon must never load (memory budget; the hot path only).
+NOT_IN_THE_DAEMON = (
+    "cryptography",  # the keystore's checks run in a child process
+    "agent.keystore",
+    "agent.checks",
+    "hal.cli",  # argparse-only
+    "shutil",  # argparse's help formatter would pull it (and bz2, lzma) in
+    "bz2",
+    "lzma",
+    "http.client",  # paho's urllib.request, for proxies the agent never uses
+    "email",
+    "gpiozero",  # no pin configured
+)
+
+
+def test_running_daemon_keeps_out_of_its_memory_what_it_does_not_need(
+    cloud: Cloud, process_config: Path, tmp_path: Path
+) -> None:
+    dump = tmp_path / "modules.json"
+    log = (tmp_path / "agent.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MODULE_DUMP, str(dump), "--config", str(process_config), "run"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "NOTIFY_SOCKET": ""},
+    )
+    try:
+        wait_until(
+            lambda: live_status(tmp_path).get("state") == "CONNECTED",
+            timeout_s=20,
+            what="status.json CONNECTED",
+        )
+        cloud.client.wait_for_telemetry(device_id="dev-process", count=3, timeout_s=10)
+        status, payload = cloud.client.invoke_method("dev-process", "getStatus", timeout_s=10)
+        assert status == 200 and payload["state"] == "CONNECTED"
+        threads = len(os.listdir(f"/proc/{proc.pid}/task"))
+        assert 1 <= threads <= 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    loaded = json.loads(dump.read_text())
+    assert "agent.daemon" in loaded and "paho.mqtt.client" in loaded  # the dump is real
+    offenders = [
+        name
+        for name in loaded
+        if any(name == banned or name.startswith(f"{banned}.") for banned in NOT_IN_THE_DAEMON)
+    ]
+    assert offenders == [], (tmp_path / "agent.log").read_text()[-2000:]
