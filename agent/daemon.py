@@ -18,7 +18,11 @@ and then runs a single-threaded main loop until it is told to stop:
 The cores decide; this module only does. sd_notify: READY once config, keystore and
 HAL are up (the agent works offline); WATCHDOG from the loop only, so a stuck loop
 stops the pings; STATUS is the lifecycle's description; STOPPING on shutdown.
-``status.json`` in the state directory is rewritten on each lifecycle change.
+``status.json`` in the state directory is rewritten on each lifecycle change, and
+refreshed (telemetry counters, errors) at most every ``max(interval, 60 s)`` in
+between -- not on every message: the state directory is on flash, and
+``device-agent status`` must find the file without the unit's environment (so it
+stays there rather than moving to ``$RUNTIME_DIRECTORY``).
 Threads: this one, plus at most gpiozero's LED blinker and button watcher.
 
 Failure policy here: a configuration problem at start is fatal (exit 78): a
@@ -79,6 +83,9 @@ log = logging.getLogger(__name__)
 SAMPLE_TIMER = "telemetry.sample"
 EFFECT_TIMER = "method.effect"
 IDENTITY_FILES_TIMER = "identity.files"
+STATUS_TIMER = "status.refresh"
+#: status.json is refreshed between lifecycle changes at most this often (flash wear).
+STATUS_REFRESH_MIN_S = 60.0
 #: How often the identity files are compared (stat only) while waiting for a usable one.
 IDENTITY_POLL_S = 1.0
 #: Failures that, with a certificate out of its validity window, mean "wait for a new one".
@@ -117,8 +124,11 @@ class Daemon:
         notifier: Notifier | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        status_refresh_s: float | None = None,
     ) -> None:
         self.config = config
+        #: None: ``max(telemetry interval, STATUS_REFRESH_MIN_S)``, as the interval is now.
+        self._status_refresh_s = status_refresh_s
         self._own_notifier = notifier is None
         self.notifier = notifier or Notifier()
         self.clock: Clock = clock or SystemClock()
@@ -406,6 +416,10 @@ class Daemon:
             self._sample()
         elif name == EFFECT_TIMER and self.session is not None:
             self._session_actions(self.session.take_pending_effects())
+        elif name.startswith("twin.") and self.session is not None:
+            self._session_actions(self.session.on_timer(name))
+        elif name == STATUS_TIMER:
+            self._write_status()
         elif name == IDENTITY_FILES_TIMER and self.state is lifecycle.State.IDENTITY_WAIT:
             self._start_timer(IDENTITY_FILES_TIMER, IDENTITY_POLL_S)
             if files_signature(self.config.identity) != self._identity_files:
@@ -457,6 +471,7 @@ class Daemon:
                 if self.session is not None:
                     self.session.on_disconnected()
                     self.session = None
+                    self._cancel_connection_timers()
                 if self.state is lifecycle.State.CONNECTED:
                     self._feed(lifecycle.ConnectionDropped(reason))
                 else:
@@ -542,9 +557,17 @@ class Daemon:
                 log.warning("LED: %s", exc)
         self._write_status()
 
+    def _status_refresh_s_now(self) -> float:
+        if self._status_refresh_s is not None:
+            return self._status_refresh_s
+        return max(self.settings.telemetry_interval_s, STATUS_REFRESH_MIN_S)
+
     def _write_status(self, state_name: str | None = None) -> None:
         if self.store is None:
             return
+        if state_name is None:
+            # Written now: the next periodic refresh is a full period away.
+            self._start_timer(STATUS_TIMER, self._status_refresh_s_now())
         status = dict(self.status())
         if state_name is not None:
             status["state"] = state_name
@@ -664,6 +687,7 @@ class Daemon:
             context=self._reported_context,
             status=self.status,
             budget_allows=self._budget_allows,
+            twin_get_timeout_s=cfg.lifecycle.connect_timeout_s,
         )
         log.info("connecting to hub %s as %s", assignment.assigned_hub, assignment.device_id)
         self._open("hub", endpoint)
@@ -693,6 +717,10 @@ class Daemon:
             match action:
                 case Publish() | Subscribe():
                     self._send(action)
+                case StartTimer(name=name, delay_s=delay):
+                    self._start_timer(name, delay)
+                case CancelTimer(name=name):
+                    self._timers.pop(name, None)
                 case SettingsChanged(settings=settings):
                     self._apply_settings(settings)
                 case Reprovision(force=force):
@@ -734,10 +762,14 @@ class Daemon:
             self.session.on_disconnected()
             self.session = None
         self.registration = None
-        for name in [n for n in self._timers if n.startswith("dps.") or n == EFFECT_TIMER]:
-            del self._timers[name]
+        self._cancel_connection_timers()
         if self.transport is not None:
             self.transport.disconnect()
+
+    def _cancel_connection_timers(self) -> None:
+        """Forget the timers of the connection's protocols (DPS, twin, method effects)."""
+        for name in [n for n in self._timers if n.startswith(("dps.", "twin.", "method."))]:
+            del self._timers[name]
 
     def _close_transport(self) -> None:
         if self.transport is not None:

@@ -18,6 +18,13 @@ A new telemetry interval from a method is applied before its "200" is sent; a
 reprovision is handed out only when the "202" reply's PUBACK arrives (or the daemon
 gives up waiting), so the cloud hears it before the device disconnects.
 
+A twin GET that is not answered (or answered with an error) within
+``twin_get_timeout_s`` is sent again, at most :data:`TWIN_GET_ATTEMPTS` times in all
+(the session asks the daemon for the timer :data:`TWIN_GET_TIMER`); then the session
+carries on without it: it reports the whole reported document, as if the hub held
+nothing, and takes desired properties from pushes. A late answer to any of its GETs
+is still applied.
+
 Anything malformed from the hub is logged and dropped; a method call with a bad
 payload is still answered (400). Nothing in here raises for the cloud's input.
 """
@@ -29,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent import methods, twin, wire
-from agent.core import Publish, Subscribe
+from agent.core import CancelTimer, Publish, StartTimer, Subscribe
 from agent.errors import ProtocolError
 from agent.telemetry import Publisher
 
@@ -37,6 +44,10 @@ log = logging.getLogger(__name__)
 
 METHOD_TAG = "method:"
 TWIN_TAG = "twin"
+#: The session's one timer: the twin GET's response timeout.
+TWIN_GET_TIMER = "twin.get"
+#: Twin GETs sent (the first one included) before the session carries on without one.
+TWIN_GET_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,7 @@ class SettingsChanged:
 
 
 SessionEffect = SettingsChanged | methods.Reprovision
-SessionAction = Publish | Subscribe | SessionEffect
+SessionAction = Publish | Subscribe | StartTimer | CancelTimer | SessionEffect
 
 
 @dataclass(frozen=True)
@@ -76,8 +87,10 @@ class HubSession:
         context: Callable[[], ReportedContext],
         status: Callable[[], Mapping[str, object]],
         budget_allows: Callable[[], bool],
+        twin_get_timeout_s: float = 30.0,
     ) -> None:
         self.device_id = device_id
+        self.twin_get_timeout_s = twin_get_timeout_s
         self.publisher = publisher
         self.settings = settings
         self.default_interval_s = default_interval_s
@@ -85,7 +98,9 @@ class HubSession:
         self._status = status
         self._budget_allows = budget_allows
         self._next_rid = 0
-        self._twin_get_rid: str | None = None
+        #: The rids of this connection's twin GETs not answered yet.
+        self._twin_get_rids: set[str] = set()
+        self.twin_get_attempts = 0
         self._desired_version: int | None = None
         #: What the hub holds as reported properties (None until the twin GET answered).
         self._hub_reported: dict[str, object] | None = None
@@ -98,16 +113,27 @@ class HubSession:
     def on_connected(self) -> list[SessionAction]:
         """Subscribe and fetch the twin; start telemetry."""
         self.publisher.connect(self.device_id)
-        self._twin_get_rid = self._rid()
-        topic, payload = wire.format_twin_get(self._twin_get_rid)
         return [
             Subscribe(wire.TWIN_RESPONSE_FILTER),
             Subscribe(wire.TWIN_DESIRED_FILTER),
             Subscribe(wire.METHODS_FILTER),
             Subscribe(wire.c2d_filter(self.device_id)),
-            Publish(topic, payload, 1, tag=TWIN_TAG),
+            *self._twin_get(),
             *self.publisher.pump(),
         ]
+
+    def on_timer(self, name: str) -> list[SessionAction]:
+        """The session's timer fired: send the twin GET again, or carry on without it."""
+        if name != TWIN_GET_TIMER or not self._twin_get_rids or self._hub_reported is not None:
+            return []
+        if self.twin_get_attempts < TWIN_GET_ATTEMPTS:
+            log.warning("twin GET not answered within %g s; asking again", self.twin_get_timeout_s)
+            return self._twin_get()
+        log.warning(
+            "twin GET not answered after %d attempts; reporting without it", self.twin_get_attempts
+        )
+        self._hub_reported = {}
+        return self.report()
 
     def on_disconnected(self) -> None:
         """The connection is gone (in-flight telemetry will be sent again)."""
@@ -183,6 +209,16 @@ class HubSession:
         return self.report()
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _twin_get(self) -> list[SessionAction]:
+        rid = self._rid()
+        self._twin_get_rids.add(rid)
+        self.twin_get_attempts += 1
+        topic, payload = wire.format_twin_get(rid)
+        return [
+            Publish(topic, payload, 1, tag=TWIN_TAG),
+            StartTimer(TWIN_GET_TIMER, self.twin_get_timeout_s),
+        ]
 
     def _rid(self) -> str:
         self._next_rid += 1
@@ -260,21 +296,22 @@ class HubSession:
         return [*actions, *self.report()]
 
     def _on_twin_response(self, response: wire.TwinResponse) -> list[SessionAction]:
-        if response.rid != self._twin_get_rid:
+        if response.rid not in self._twin_get_rids:
             if response.status >= 300:
                 log.warning("twin request %s failed with %d", response.rid, response.status)
             return []
-        self._twin_get_rid = None
         if response.status != 200:
-            log.warning("twin GET failed with %d", response.status)
+            log.warning("twin GET failed with %d (asked again when it times out)", response.status)
             return []
         try:
             document = wire.parse_twin_document(response.body)
         except ProtocolError as exc:
             log.warning("twin GET: %s", exc)
             return []
+        self._twin_get_rids.clear()
         self._hub_reported = {k: v for k, v in document.reported.items() if not k.startswith("$")}
-        return self._on_desired(document.desired, document.desired_version, full=True)
+        actions = self._on_desired(document.desired, document.desired_version, full=True)
+        return [CancelTimer(TWIN_GET_TIMER), *actions]
 
 
 def sensor_infos(sensors: Sequence[object]) -> tuple[twin.SensorInfo, ...]:

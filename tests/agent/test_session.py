@@ -151,3 +151,61 @@ def test_telemetry_puback_frees_the_window() -> None:
     s.on_published("m1", 5)
     s.on_puback(5)
     assert s.publisher.acked_total == 1
+
+
+def test_unanswered_twin_get_is_retried_then_the_session_reports_without_it() -> None:
+    from agent.core import CancelTimer, StartTimer
+    from agent.session import TWIN_GET_ATTEMPTS, TWIN_GET_TIMER
+
+    s = session()
+    actions = s.on_connected()
+    timers = [a for a in actions if isinstance(a, StartTimer)]
+    assert timers == [StartTimer(TWIN_GET_TIMER, s.twin_get_timeout_s)]
+    rids = [p.topic for p in publishes(actions) if p.topic.startswith("$iothub/twin/GET/")]
+    assert s.report() == []  # nothing known about the hub's reported section yet
+    for _ in range(TWIN_GET_ATTEMPTS - 1):
+        again = s.on_timer(TWIN_GET_TIMER)
+        gets = [p.topic for p in publishes(again) if p.topic.startswith("$iothub/twin/GET/")]
+        assert len(gets) == 1 and gets[0] not in rids  # a new request id each time
+        assert StartTimer(TWIN_GET_TIMER, s.twin_get_timeout_s) in again
+        rids.extend(gets)
+    assert s.twin_get_attempts == TWIN_GET_ATTEMPTS
+    # The last one times out too: carry on, reporting the whole document.
+    final = s.on_timer(TWIN_GET_TIMER)
+    (patch,) = publishes(final)
+    assert patch.topic.startswith("$iothub/twin/PATCH/properties/reported/")
+    reported = json.loads(patch.payload)
+    assert reported["agentVersion"] == "0.1.0" and reported["hub"] == "hub-a.local"
+    assert not any(isinstance(a, StartTimer) for a in final)
+    assert s.on_timer(TWIN_GET_TIMER) == []
+    # A late answer to the first GET is still applied (desired properties).
+    rid = rids[0].rsplit("=", 1)[1]
+    topic, payload = wire.format_twin_response(
+        200, rid, {"desired": {"$version": 4, "telemetryIntervalSeconds": 30}, "reported": {}}
+    )
+    late = s.on_message(topic, payload)
+    assert CancelTimer(TWIN_GET_TIMER) in late
+    assert s.settings.telemetry_interval_s == 30
+
+
+def test_twin_get_answered_in_time_cancels_its_timer() -> None:
+    from agent.core import CancelTimer
+    from agent.session import TWIN_GET_TIMER
+
+    s = session()
+    actions = connect_and_sync(s, {"$version": 1}, {})
+    assert CancelTimer(TWIN_GET_TIMER) in actions
+    assert s.on_timer(TWIN_GET_TIMER) == []
+    assert s.twin_get_attempts == 1
+
+
+def test_twin_get_error_status_is_asked_again_on_timeout() -> None:
+    from agent.session import TWIN_GET_TIMER
+
+    s = session()
+    actions = s.on_connected()
+    get = next(p for p in publishes(actions) if p.topic.startswith("$iothub/twin/GET/"))
+    topic, payload = wire.format_twin_response(500, get.topic.rsplit("=", 1)[1], {})
+    assert s.on_message(topic, payload) == []
+    again = s.on_timer(TWIN_GET_TIMER)
+    assert any(p.topic.startswith("$iothub/twin/GET/") for p in publishes(again))

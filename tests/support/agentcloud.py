@@ -227,8 +227,8 @@ level = "DEBUG"
 class AgentThread:
     """The real daemon in a thread; ``stop()`` is what SIGTERM does."""
 
-    def __init__(self, config: AgentConfig) -> None:
-        self.daemon = Daemon(config)
+    def __init__(self, config: AgentConfig, **daemon_options: Any) -> None:
+        self.daemon = Daemon(config, **daemon_options)
         self.exit_code: int | None = None
         self._thread = threading.Thread(target=self._run, name="agent-under-test", daemon=True)
 
