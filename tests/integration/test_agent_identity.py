@@ -155,3 +155,48 @@ def test_device_agent_check_reports_the_certificate_problem(cloud: Cloud, tmp_pa
     assert result.returncode != 0
     assert "[FAIL] certificate" in result.stdout
     assert "expired" in result.stdout
+
+
+def test_hub_connack_5_with_an_expired_certificate_waits_instead_of_going_to_dps(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    """The brief's case: the hub refuses (CONNACK 5) once the certificate has expired.
+
+    devcloud's TLS would refuse a really expired certificate before CONNACK, so here the
+    agent's wall clock moves past ``not_after`` instead (as after a long uptime); the
+    hub refuses because the device is disabled. Without the identity check the agent
+    would go to DPS (which real Azure answers 401) and keep trying; it must wait.
+    """
+    import hal
+    from tests.support.fakeclock import ShiftedClock
+
+    device = issue_device(cloud, "dev-late")
+    config = write_config(
+        tmp_path / "agent.toml",
+        cloud,
+        device,
+        state_dir=tmp_path / "state",
+        hal_extra="led_pin = 17",
+    )
+    clock = ShiftedClock()
+    with AgentThread(config, clock=clock) as agent:
+        agent.wait_state(State.CONNECTED)
+        past_expiry = device.cert.not_valid_after_utc + timedelta(days=1)
+        clock.offset_s = past_expiry.timestamp() - datetime.now(UTC).timestamp()
+        cloud.client.disable_device("dev-late")  # drops the connection; reconnects get CONNACK 5
+        agent.wait_state(State.IDENTITY_WAIT)
+        assert "expired" in str(agent.daemon.status()["errors"]["identity"])  # type: ignore[index]
+        wait_until(lambda: agent.daemon._led.pattern is hal.LedPattern.ERROR, what="LED error")
+        machine = agent.daemon.machine
+        assert machine is not None
+        wait_until(lambda: machine.identity_backoff.attempt >= 3, what="keystore re-checks")
+        assert agent.state is State.IDENTITY_WAIT
+        assert cloud.client.registration_attempts("dev-late") == 1
+        assert not machine.hub_rejected  # never taken as the hub's verdict on the device
+        # The clock is right again and the device enabled: the same identity, the cached
+        # hub, no DPS call.
+        cloud.client.enable_device("dev-late")
+        clock.offset_s = 0.0
+        agent.wait_state(State.CONNECTED)
+        assert cloud.client.registration_attempts("dev-late") == 1
+        assert agent.stop() == 0

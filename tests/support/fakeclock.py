@@ -20,3 +20,24 @@ class FakeClock:
         """Move both clocks forward together."""
         self.monotonic_s += seconds
         self.wall_s += seconds
+
+
+class ShiftedClock:
+    """The real clocks, with wall time shifted by ``offset_s`` (a device clock gone wrong).
+
+    Monotonic time is the real one, so timers and sockets behave; only what the agent
+    believes the date is moves. ``offset_s`` may be changed from another thread.
+    """
+
+    def __init__(self, offset_s: float = 0.0) -> None:
+        self.offset_s = offset_s
+
+    def monotonic(self) -> float:
+        import time
+
+        return time.monotonic()
+
+    def time(self) -> float:
+        import time
+
+        return time.time() + self.offset_s
