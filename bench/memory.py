@@ -82,7 +82,8 @@ def attribute(notes: Sequence[tuple[str, int]], steady_kib: int) -> list[tuple[s
     for (name, rss), (_, next_rss) in itertools.pairwise(notes):
         group = group_of(name)
         sizes[group] += next_rss - rss
-        modules[group].add(name)
+        if name != first_name:
+            modules[group].add(name)
     sizes[RUNNING] = steady_kib - notes[-1][1]
     modules[group_of(notes[-1][0])].add(notes[-1][0])
     rows = [(group, kib / 1024, len(modules[group])) for group, kib in sizes.items()]

@@ -77,7 +77,12 @@ def test_memory_attribution_adds_up_to_the_steady_rss() -> None:
         ("paho.mqtt.client", 14_000),
         ("paho.mqtt.enums", 15_000),
     ]
-    rows = {group: mib for group, mib, _ in attribute(notes, steady_kib=17_048)}
+    attributed = attribute(notes, steady_kib=17_048)
+    rows = {group: mib for group, mib, _ in attributed}
+    counts = {group: count for group, _, count in attributed}
+    assert counts[group_of("(interpreter)")] == 0
+    assert counts[group_of("agent.cli")] == 2
+    assert counts["paho"] == 2
     assert sum(rows.values()) == pytest.approx(17_048 / 1024)
     assert rows[group_of("agent.cli")] == pytest.approx((500 + 300) / 1024)
     assert rows[group_of("(interpreter)")] == pytest.approx(9100 / 1024)
