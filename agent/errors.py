@@ -111,8 +111,12 @@ class BudgetExhaustedError(AgentError):
     exit_code = EX_TEMPFAIL
 
     def __init__(self, retry_at_s: float) -> None:
+        from datetime import UTC, datetime
+
+        #: Wall-clock time (Unix seconds) of the earliest registration the budget allows.
         self.retry_at_s = retry_at_s
-        super().__init__(f"reprovisioning budget spent; next attempt allowed at t={retry_at_s:.0f}")
+        when = datetime.fromtimestamp(retry_at_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        super().__init__(f"reprovisioning budget spent; next DPS registration allowed at {when}")
 
 
 class MethodError(AgentError, ValueError):
