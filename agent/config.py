@@ -364,14 +364,14 @@ def _hal(t: _Table) -> HalConfig:
 
 
 def _sensor_spec(t: _Table) -> SensorSpec:
-    from hal.discovery import PARTS, canonical_part
     from hal.exc import UnknownPartError
+    from hal.parts import PART_NAMES, canonical_part
 
     raw_part = t.string("part")
     try:
         part = canonical_part(raw_part)
     except UnknownPartError:
-        supported = ", ".join(sorted(PARTS))
+        supported = ", ".join(sorted(PART_NAMES))
         raise t.error(
             "part", f"expected a supported part ({supported}), got {raw_part!r}"
         ) from None

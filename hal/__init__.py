@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         UnknownPartError,
     )
     from hal.gpio import LedPattern, ReprovisionButton, StatusLed, mock_pin_factory
+    from hal.parts import PART_NAMES, canonical_part
     from hal.sensor import UNITS, Sensor, SensorSpec
 
 _LAZY: dict[str, str] = {
@@ -68,6 +69,8 @@ _LAZY: dict[str, str] = {
     "ReprovisionButton": "hal.gpio",
     "StatusLed": "hal.gpio",
     "mock_pin_factory": "hal.gpio",
+    "PART_NAMES": "hal.parts",
+    "canonical_part": "hal.parts",
     "UNITS": "hal.sensor",
     "Sensor": "hal.sensor",
     "SensorSpec": "hal.sensor",
@@ -75,6 +78,7 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "PARTS",
+    "PART_NAMES",
     "UNITS",
     "Backend",
     "BusUnavailableError",
@@ -98,6 +102,7 @@ __all__ = [
     "StatusLed",
     "UnknownBackendError",
     "UnknownPartError",
+    "canonical_part",
     "mock_pin_factory",
     "open_backend",
     "open_sensors",

@@ -1,7 +1,8 @@
 """Which parts exist, finding them on buses, and opening the configured sensors.
 
-:data:`PARTS` maps part names to driver classes (with the usual aliases: SHT31 is
-an SHT3x, SHT40 an SHT4x). :func:`scan` probes only the addresses a supported
+:data:`PARTS` maps part names to driver classes; :func:`canonical_part` (from
+:mod:`hal.parts`, which imports no driver) accepts the usual aliases (SHT31 is an
+SHT3x, SHT40 an SHT4x). :func:`scan` probes only the addresses a supported
 part can have, and identifies what answers:
 
 * 0x76/0x77: chip id register 0xD0 (0x60 BME280, 0x58 BMP280);
@@ -33,22 +34,27 @@ from hal.drivers.sht3x import CMD_READ_STATUS, SHT3x
 from hal.drivers.sht4x import SHT4x, read_serial
 from hal.drivers.tmp102 import REG_CONFIG, TMP102, is_tmp102_config
 from hal.exc import CRCError, I2CError, InvalidAddressError, UnknownPartError
+from hal.parts import canonical_part
 from hal.sensor import Sensor, SensorSpec
 
 if TYPE_CHECKING:
     from hal.backend import Backend
     from hal.bus import I2CBus
 
-#: Driver class by canonical part name.
+__all__ = [
+    "PARTS",
+    "Found",
+    "canonical_part",
+    "known_addresses",
+    "open_sensors",
+    "parse_spec",
+    "scan",
+]
+
+#: Driver class by canonical part name (the names of :data:`hal.parts.PART_NAMES`).
 PARTS: dict[str, type[I2CSensor]] = {
     cls.PART: cls for cls in (BME280, BMP280, SHT3x, SHT4x, BH1750, TMP102)
 }
-#: Other names accepted for a part (case-insensitive), mapped to the canonical name.
-ALIASES: dict[str, str] = {
-    "sht30": "SHT3x", "sht31": "SHT3x", "sht35": "SHT3x",
-    "sht40": "SHT4x", "sht41": "SHT4x", "sht45": "SHT4x",
-    "bh1750fvi": "BH1750",
-}  # fmt: skip
 
 _SPEC = re.compile(r"^\s*([A-Za-z0-9_]+)\s*@\s*(\d+)\s*:\s*(0[xX][0-9a-fA-F]+|\d+)\s*$")
 
@@ -67,17 +73,6 @@ class Found:
         if self.part is None:
             raise UnknownPartError(f"unidentified@{self.bus}:0x{self.address:02x}", tuple(PARTS))
         return SensorSpec(self.part, self.bus, self.address)
-
-
-def canonical_part(part: str) -> str:
-    """The canonical name of ``part`` (``"sht31"`` -> ``"SHT3x"``); raises
-    :class:`hal.exc.UnknownPartError` when no driver handles it."""
-    for name in PARTS:
-        if name.lower() == part.lower():
-            return name
-    if part.lower() in ALIASES:
-        return ALIASES[part.lower()]
-    raise UnknownPartError(part, tuple(PARTS))
 
 
 def parse_spec(text: str) -> SensorSpec:

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hal.backend import MockBackend, open_backend
-from hal.discovery import Found, canonical_part, open_sensors, parse_spec, scan
+from hal.discovery import PARTS, Found, open_sensors, parse_spec, scan
+from hal.discovery import canonical_part as discovery_canonical_part
 from hal.exc import (
     BusUnavailableError,
     ChipIdMismatch,
@@ -15,6 +16,7 @@ from hal.exc import (
     InvalidAddressError,
     UnknownPartError,
 )
+from hal.parts import ALIASES, PART_NAMES, canonical_part
 from hal.sensor import UNITS, SensorSpec
 from hal.sim.board import Board
 from hal.sim.boards import build_board
@@ -176,3 +178,17 @@ def test_a_board_per_seed_is_deterministic() -> None:
     sa, sb = a.chip(1, 0x45), b.chip(1, 0x45)
     assert isinstance(sa, SimSHT4x) and isinstance(sb, SimSHT4x)
     assert sa.serial_number == sb.serial_number
+
+
+def test_the_light_part_table_names_exactly_the_drivers() -> None:
+    assert tuple(PARTS) == PART_NAMES
+    assert all(canonical_part(alias) in PARTS for alias in ALIASES)
+    assert {canonical_part(name.lower()) for name in PARTS} == set(PARTS)
+    assert discovery_canonical_part is canonical_part  # still importable from hal.discovery
+
+
+@pytest.mark.parametrize("part", ["DHT22", "", "BME28", "sht3"])
+def test_canonical_part_refuses_unknown_names(part: str) -> None:
+    with pytest.raises(UnknownPartError) as info:
+        canonical_part(part)
+    assert info.value.part == part and info.value.known == PART_NAMES

@@ -53,3 +53,18 @@ def test_importing_hal_imports_neither_smbus2_nor_gpiozero() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_part_name_table_imports_no_driver() -> None:
+    """``hal.parts`` lets the agent validate its configuration without the drivers."""
+    code = (
+        "import sys\n"
+        "from hal.parts import canonical_part\n"
+        "assert canonical_part('sht31') == 'SHT3x', canonical_part('sht31')\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('hal.'))\n"
+        "assert loaded == ['hal.exc', 'hal.parts'], loaded\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
