@@ -3,21 +3,31 @@
 No I2C adapter is needed: a missing ``/dev/i2c-N`` gives ENOENT as on a Pi with
 I2C disabled, and a regular file opened as a bus makes the kernel refuse the
 ``I2C_RDWR`` ioctl (ENOTTY), which must arrive as an :class:`I2CError` with that
-errno. A smbus2 stand-in that raises the kernel's I2C errnos covers the rest.
+errno. Two smbus2 stand-ins sit at the ioctl edge for the rest: one raises the
+kernel's I2C errnos, the other (like Linux's ``i2c-stub``) carries the real
+``i2c_msg`` structures to a simulated board, so the successful path, messages
+built and read buffers filled, runs through the real backend and drivers.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 from pathlib import Path
 from typing import Any
 
 import pytest
+from smbus2 import i2c_msg
+from smbus2.smbus2 import I2C_M_RD
 
 from hal.backend import open_backend
 from hal.drivers.bme280 import BME280
+from hal.drivers.sht3x import SHT3x
 from hal.exc import BusUnavailableError, I2CError, InvalidAddressError, UnknownBackendError
+from hal.sim.board import Board
+from hal.sim.clock import ManualClock
 from hal.smbus_backend import SMBusBackend
+from tests.hal.conftest import PINNED
 
 
 def test_open_backend_smbus_opens_nothing_until_asked() -> None:
@@ -104,3 +114,76 @@ def test_kernel_errnos_are_kept(err: int) -> None:
     assert "d0" in str(info.value)
     backend.close()
     assert kernel.closed
+
+
+class _StubAdapter:
+    """Stands in for smbus2.SMBus at the ioctl edge, as Linux's i2c-stub does: each
+    ``i2c_msg`` of an ``i2c_rdwr`` goes to a simulated board's bus; read messages get
+    their buffers filled; a failed transfer is the kernel's OSError with its errno."""
+
+    def __init__(self, board: Board, number: int) -> None:
+        self.bus = board.bus(number)
+        self.paths: list[str] = []
+        self.calls: list[list[tuple[int, bool, bytes]]] = []
+
+    def __call__(self, path: str) -> _StubAdapter:
+        self.paths.append(path)
+        return self
+
+    def i2c_rdwr(self, *msgs: i2c_msg) -> None:
+        call: list[tuple[int, bool, bytes]] = []
+        self.calls.append(call)
+        for msg in msgs:
+            reading = bool(msg.flags & I2C_M_RD)
+            try:
+                if reading:
+                    data = self.bus.read(msg.addr, msg.len)
+                    ctypes.memmove(msg.buf, data, msg.len)
+                else:
+                    data = bytes(msg)
+                    self.bus.write(msg.addr, data)
+            except I2CError as exc:
+                raise OSError(exc.errno, "stub adapter") from None
+            call.append((msg.addr, reading, data))
+
+    def close(self) -> None:
+        pass
+
+
+def test_drivers_read_through_the_real_backend(board: Board, clock: ManualClock) -> None:
+    adapter = _StubAdapter(board, 1)
+    backend = SMBusBackend(smbus_class=adapter)
+    bme = BME280(backend.bus(1), 0x76, sleep=clock.sleep)
+    reading = bme.read()
+    assert reading["temperature_c"] == pytest.approx(PINNED["temperature_c"], abs=0.01)
+    assert reading["pressure_hpa"] == pytest.approx(PINNED["pressure_hpa"], abs=0.02)
+    assert reading["humidity_pct"] == pytest.approx(PINNED["humidity_pct"], abs=0.05)
+    assert adapter.paths == ["/dev/i2c-1"]  # opened once, on first use
+    # The chip id read: one ioctl, pointer written then one byte read after a repeated START.
+    assert adapter.calls[0] == [(0x76, False, b"\xd0"), (0x76, True, b"\x60")]
+    # The calibration: 26 bytes from 0x88 in one combined transfer.
+    (calibration,) = [call for call in adapter.calls if call[0][2] == b"\x88"]
+    assert [(m[1], len(m[2])) for m in calibration] == [(False, 1), (True, 26)]
+    # Command-level parts: a plain write, then a plain read, one message per ioctl.
+    sht = SHT3x(backend.bus(1), 0x44, sleep=clock.sleep)
+    adapter.calls.clear()
+    assert sht.read()["humidity_pct"] == pytest.approx(PINNED["humidity_pct"], abs=0.003)
+    # Soft reset, status command, status word, measurement command, data.
+    assert [(m[1], len(m[2])) for call in adapter.calls for m in call] == [
+        (False, 2), (False, 2), (True, 3), (False, 2), (True, 6),
+    ]  # fmt: skip
+    assert [len(call) for call in adapter.calls] == [1] * 5
+    backend.close()
+
+
+def test_a_vanished_chip_through_the_real_backend(board: Board, clock: ManualClock) -> None:
+    backend = SMBusBackend(smbus_class=_StubAdapter(board, 1))
+    sensor = BME280(backend.bus(1), 0x76, sleep=clock.sleep)
+    sensor.read()
+    board.remove(1, 0x76)
+    with pytest.raises(I2CError) as info:
+        sensor.read()
+    assert info.value.errno == errno.ENXIO and info.value.is_nack
+    board.restore(1, 0x76)
+    assert "pressure_hpa" in sensor.read()
+    backend.close()
