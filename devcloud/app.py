@@ -115,7 +115,13 @@ class DevCloud:
             registrations_per_second=cfg.registrations_per_second,
         )
         self.hubs: dict[str, HubEndpoint] = {
-            h.name: HubEndpoint(h.name, h.public_hostname, self.registry, self.telemetry)
+            h.name: HubEndpoint(
+                h.name,
+                h.public_hostname,
+                self.registry,
+                self.telemetry,
+                is_revoked=self.pki.is_revoked,
+            )
             for h in cfg.hubs
         }
         self.tls: dict[str, ServerTLS] = {}
@@ -123,7 +129,11 @@ class DevCloud:
         self.registry.add_listener(self._on_registry_event)
         try:
             self.tls["dps"] = ServerTLS(self.pki, self.registry, "dps", cfg.dps_host)
-            dps = MQTTServer(DpsEndpoint(self.provisioner), self.tls["dps"], name="dps")
+            dps = MQTTServer(
+                DpsEndpoint(self.provisioner, is_revoked=self.pki.is_revoked),
+                self.tls["dps"],
+                name="dps",
+            )
             self._servers.append(dps)
             await dps.start(cfg.dps_host, cfg.dps_port, cfg.dps_ws_port)
             self.dps_address = dps.address

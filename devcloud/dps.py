@@ -3,9 +3,9 @@
 Theory of operation. :class:`DpsEndpoint` implements the server's
 :class:`~devcloud.mqtt.endpoint.Endpoint`: CONNECT is accepted when the username is
 ``{idScope}/registrations/{clientId}/api-version=...`` for devcloud's id scope and the TLS
-leaf's CN is the client id (else CONNACK 5; a malformed username gets 4). Each accepted
-connection gets a :class:`DpsSession`, which allows one subscription,
-``$dps/registrations/res/#``, and two requests:
+leaf's CN is the client id and the leaf is not revoked (else CONNACK 5; a malformed
+username gets 4). Each accepted connection gets a :class:`DpsSession`, which allows one
+subscription, ``$dps/registrations/res/#``, and two requests:
 
 * ``$dps/registrations/PUT/iotdps-register/?$rid=R`` with ``{"registrationId", "payload"}``:
   checked in this order — JSON and registration id (400), throttling (429 with
@@ -42,7 +42,7 @@ from typing import Any
 from cryptography import x509
 
 from devcloud.assignment import Assigner
-from devcloud.enrollment_match import common_name, match_enrollment
+from devcloud.enrollment_match import RevocationCheck, leaf_accepted, match_enrollment
 from devcloud.errors import (
     DevCloudError,
     InvalidRequestError,
@@ -259,8 +259,11 @@ class Provisioner:
 class DpsEndpoint:
     """The DPS :class:`~devcloud.mqtt.endpoint.Endpoint`."""
 
-    def __init__(self, provisioner: Provisioner) -> None:
+    def __init__(
+        self, provisioner: Provisioner, *, is_revoked: RevocationCheck | None = None
+    ) -> None:
         self.provisioner = provisioner
+        self.is_revoked = is_revoked
 
     def authenticate(
         self, request: ConnectRequest, connection: Connection
@@ -271,7 +274,7 @@ class DpsEndpoint:
             return CONNACK_BAD_USERNAME_OR_PASSWORD, None
         if parts[0] != self.provisioner.id_scope or parts[2] != request.client_id:
             return CONNACK_NOT_AUTHORIZED, None
-        if not request.cert_chain or common_name(request.cert_chain[0]) != request.client_id:
+        if not leaf_accepted(request.cert_chain, request.client_id, self.is_revoked):
             return CONNACK_NOT_AUTHORIZED, None
         return CONNACK_ACCEPTED, DpsSession(self.provisioner, request, connection)
 

@@ -15,7 +15,7 @@ Rules, in order:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -38,6 +38,24 @@ def common_name(cert: x509.Certificate) -> str | None:
         return None
     value = attrs[0].value
     return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+#: Whether a leaf certificate is revoked (devcloud passes :meth:`devcloud.pki.PKI.is_revoked`).
+RevocationCheck = Callable[[x509.Certificate], bool]
+
+
+def leaf_accepted(
+    chain: Sequence[x509.Certificate], client_id: str, is_revoked: RevocationCheck | None
+) -> bool:
+    """Whether the verified chain's leaf names ``client_id`` as its CN and is not revoked.
+
+    Both endpoints answer CONNACK 5 otherwise. The revocation check repeats the TLS
+    layer's for devcloud's own CAs, and is the only one while a foreign CA is trusted
+    (see :mod:`devcloud.tls`).
+    """
+    if not chain or common_name(chain[0]) != client_id:
+        return False
+    return is_revoked is None or not is_revoked(chain[0])
 
 
 def _directly_issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

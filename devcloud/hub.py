@@ -3,8 +3,9 @@
 Theory of operation. :class:`HubEndpoint` implements the server's
 :class:`~devcloud.mqtt.endpoint.Endpoint` for one hub. CONNECT is accepted when the
 username is ``{anyHostname}/{clientId}/...``, the device exists in this hub and is
-enabled, and the TLS leaf's CN is the device id; otherwise CONNACK 5 (4 when the username
-cannot be parsed). A second connection for the same device closes the first.
+enabled, and the TLS leaf's CN is the device id and the leaf is not revoked; otherwise
+CONNACK 5 (4 when the username cannot be parsed). A second connection for the same
+device closes the first.
 
 A :class:`HubSession` grants exactly four subscriptions — ``devices/{id}/messages/devicebound/#``,
 ``$iothub/twin/res/#``, ``$iothub/twin/PATCH/properties/desired/#``,
@@ -38,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from devcloud.enrollment_match import common_name
+from devcloud.enrollment_match import RevocationCheck, leaf_accepted
 from devcloud.errors import (
     DeviceNotOnlineError,
     InvalidRequestError,
@@ -113,12 +114,19 @@ class HubEndpoint:
     """The :class:`~devcloud.mqtt.endpoint.Endpoint` of one IoT Hub."""
 
     def __init__(
-        self, name: str, hostname: str, registry: Registry, telemetry: TelemetryLog
+        self,
+        name: str,
+        hostname: str,
+        registry: Registry,
+        telemetry: TelemetryLog,
+        *,
+        is_revoked: RevocationCheck | None = None,
     ) -> None:
         self.name = name
         self.hostname = hostname
         self.registry = registry
         self.telemetry = telemetry
+        self.is_revoked = is_revoked
         self.sessions: dict[str, HubSession] = {}
         self._kept_subscriptions: dict[str, set[str]] = {}
         self._c2d: dict[str, deque[tuple[str, bytes]]] = {}
@@ -132,7 +140,7 @@ class HubEndpoint:
     def authenticate(
         self, request: ConnectRequest, connection: Connection
     ) -> tuple[int, DeviceSession | None]:
-        """Accept a known, enabled device whose certificate CN is its device id."""
+        """Accept a known, enabled device whose unrevoked certificate's CN is its device id."""
         parts = (request.username or "").split("/")
         if len(parts) < 3 or not parts[0]:
             return CONNACK_BAD_USERNAME_OR_PASSWORD, None
@@ -142,7 +150,7 @@ class HubEndpoint:
         device = self.registry.device(self.name, device_id)
         if device is None or not device.enabled:
             return CONNACK_NOT_AUTHORIZED, None
-        if not request.cert_chain or common_name(request.cert_chain[0]) != device_id:
+        if not leaf_accepted(request.cert_chain, device_id, self.is_revoked):
             return CONNACK_NOT_AUTHORIZED, None
         old = self.sessions.get(device_id)
         if old is not None:

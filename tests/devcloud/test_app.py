@@ -354,6 +354,29 @@ def test_a_group_on_a_foreign_ca_is_trusted(
     online(devcloud, mqtt_devices, hub, identity, "dev-foreign")
 
 
+def test_revocation_is_enforced_at_connect_while_a_foreign_ca_is_trusted(
+    devcloud: DevCloudHandle, mqtt_devices: list[MqttDevice], tmp_path: Path
+) -> None:
+    """With a foreign CA trusted, TLS skips CRLs; DPS and the hub refuse a revoked leaf."""
+    other = PKI.create(tmp_path / "other", name="other")
+    devcloud.client.put_enrollment_group("other", certificate_pem=other.root_path.read_text())
+    assert (
+        devcloud.call(lambda app: app.tls["hub1"]().verify_flags) & ssl.VERIFY_CRL_CHECK_LEAF == 0
+    )
+    devcloud.client.create_device("dev-rv", "hub1")
+    good = devcloud.pki.issue_device("dev-rv")
+    revoked = devcloud.pki.issue_device("dev-rv")
+    devcloud.pki.revoke(revoked.cert)
+    assert not _handshake_fails(devcloud, revoked, "dev-rv")  # TLS let it through
+    for identity, expected in ((revoked, 5), (good, 0)):
+        dps = MqttDevice.dps(devcloud, identity, "dev-rv")
+        hub = MqttDevice.hub(devcloud, "hub1", identity, "dev-rv")
+        mqtt_devices.extend((dps, hub))
+        assert (dps.connect(), hub.connect()) == (expected, expected)
+        dps.close()
+        hub.close()
+
+
 def test_sqlite_state_survives_a_restart(tmp_path: Path, mqtt_devices: list[MqttDevice]) -> None:
     state = tmp_path / "state"
     database = state / "devcloud.db"

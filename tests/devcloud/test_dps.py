@@ -108,7 +108,7 @@ def make_dps(pki: PKI, *, delay_s: float = 0.0, rate: float | None = None) -> Dp
         rng=random.Random(7),
     )
     registry.put_group(EnrollmentGroup("default", pem(pki.intermediate)))
-    return Dps(pki, registry, provisioner, DpsEndpoint(provisioner))
+    return Dps(pki, registry, provisioner, DpsEndpoint(provisioner, is_revoked=pki.is_revoked))
 
 
 def regid() -> str:
@@ -124,6 +124,7 @@ def regid() -> str:
         ("ok", 0),
         ("wrong-scope", 5),
         ("cn-mismatch", 5),
+        ("revoked", 5),
         ("client-id-mismatch", 5),
         ("no-certificate", 5),
         ("no-username", 4),
@@ -134,6 +135,8 @@ def test_connect(pki: PKI, case: str, expected: int) -> None:
     dps = make_dps(pki)
     rid = regid()
     issued = pki.issue_device(rid, cn="someone-else" if case == "cn-mismatch" else None)
+    if case == "revoked":
+        pki.revoke(issued.cert)
     chain = [] if case == "no-certificate" else chain_of(issued, pki)
     user: str | None = username(rid, "0ne99999XXX" if case == "wrong-scope" else SCOPE)
     if case == "client-id-mismatch":

@@ -75,7 +75,8 @@ class Hub:
 def make_hub(pki: PKI) -> Hub:
     registry = Registry(("hub1", "hub2"))
     telemetry = TelemetryLog()
-    return Hub(pki, registry, telemetry, HubEndpoint("hub1", "127.0.0.3", registry, telemetry))
+    endpoint = HubEndpoint("hub1", "127.0.0.3", registry, telemetry, is_revoked=pki.is_revoked)
+    return Hub(pki, registry, telemetry, endpoint)
 
 
 def device_id() -> str:
@@ -91,6 +92,7 @@ def device_id() -> str:
         ("disabled", 5),
         ("other-hub", 5),
         ("cn-mismatch", 5),
+        ("revoked", 5),
         ("username-device-mismatch", 5),
         ("no-certificate", 5),
         ("no-username", 4),
@@ -107,6 +109,8 @@ def test_connect(pki: PKI, case: str, expected: int) -> None:
     if case == "disabled":
         hub.registry.set_device_enabled("hub1", did, False)
     issued = pki.issue_device(did, cn="intruder" if case == "cn-mismatch" else None)
+    if case == "revoked":
+        pki.revoke(issued.cert)
     chain = [] if case == "no-certificate" else chain_of(issued, pki)
     username: str | None = {
         "gateway-hostname": f"my-gateway.local/{did}/?api-version=2021-04-12",
