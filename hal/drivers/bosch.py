@@ -214,6 +214,15 @@ class BoschSensor(I2CSensor):
         self._calibration: Calibration | None = None
 
     @property
+    def quantities(self) -> tuple[str, ...]:
+        """The keys :meth:`read` returns: a stage set to oversampling 0 is skipped."""
+        skipped = {
+            "pressure_hpa": not self._osrs_p,
+            "humidity_pct": not self._osrs_h,
+        }
+        return tuple(q for q in self.QUANTITIES if not skipped.get(q, False))
+
+    @property
     def calibration(self) -> Calibration | None:
         """The calibration read from NVM, once set up."""
         return self._calibration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -166,3 +167,54 @@ def test_integer_driver_agrees_with_float_datasheet_formulas(
     assert result["temperature_c"] == pytest.approx(temperature, abs=0.011)
     assert result["pressure_hpa"] == pytest.approx(pressure, abs=0.03)
     assert result["humidity_pct"] == pytest.approx(humidity, abs=0.06)
+
+
+@pytest.mark.parametrize(("coefficient", "code"), [(0, 0), (2, 1), (4, 2), (8, 3), (16, 4)])
+def test_filter_setting_reaches_the_config_register(
+    coefficient: int, code: int, board: Board, clock: ManualClock
+) -> None:
+    chip = board.chip(1, 0x76)
+    assert isinstance(chip, SimBME280)
+    sensor = BME280(board.bus(1), 0x76, sleep=clock.sleep, filter_coefficient=coefficient)
+    sensor.setup()
+    chip.regs[0xF5] = 0xFC  # stale bits (after set-up's soft reset) the driver must overwrite
+    sensor.read()
+    # config 0xF5: t_sb[7:5], filter[4:2], spi3w_en[0] (BME280 datasheet 5.4.6).
+    assert chip.regs[0xF5] == code << 2
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"filter_coefficient": 3},
+        {"oversampling_t": 0},
+        {"oversampling_p": 3},
+        {"oversampling_h": 32},
+    ],
+)
+def test_unsupported_settings_are_refused(settings: dict[str, Any], board: Board) -> None:
+    with pytest.raises(ValueError):
+        BME280(board.bus(1), 0x76, **settings)
+
+
+@pytest.mark.parametrize(
+    ("skipped", "quantities", "wait_ms"),
+    [
+        # x1 temperature only with the other stage skipped: 1.25 + 2.3 + (2.3 + 0.575) ms.
+        ({"oversampling_h": 0}, {"temperature_c", "pressure_hpa"}, 6.425),
+        ({"oversampling_p": 0}, {"temperature_c", "humidity_pct"}, 6.425),
+    ],
+)
+def test_a_skipped_measurement_is_neither_waited_for_nor_reported(
+    skipped: dict[str, Any],
+    quantities: set[str],
+    wait_ms: float,
+    board: Board,
+    clock: ManualClock,
+) -> None:
+    sensor = BME280(board.bus(1), 0x76, sleep=clock.sleep, **skipped)
+    sensor.setup()
+    clock.sleeps.clear()
+    reading = sensor.read()
+    assert set(reading) == set(sensor.quantities) == quantities
+    assert clock.sleeps == [pytest.approx(wait_ms / 1000)]
