@@ -162,7 +162,9 @@ def _run(args: argparse.Namespace) -> int:
     from agent.sdnotify import Notifier
 
     with Notifier() as notifier:
-        return run(config, notifier=notifier)
+        # Once the daemon has returned this process only exits: further SIGTERM/SIGINT
+        # (systemd's second stop, a second Ctrl-C) must not turn a clean exit into -15.
+        return run(config, notifier=notifier, ignore_signals_after=True)
 
 
 def _provision(args: argparse.Namespace) -> int:

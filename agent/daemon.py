@@ -494,8 +494,15 @@ def run(
     notifier: Notifier | None = None,
     clock: Clock | None = None,
     rng: random.Random | None = None,
+    ignore_signals_after: bool = False,
 ) -> int:
-    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit code.
+
+    In the main thread SIGTERM and SIGINT ask the daemon to stop while it runs; when
+    it returns their previous handlers come back, or, with ``ignore_signals_after``
+    (the CLI, whose process is about to exit), both are ignored from then on, so a
+    second SIGTERM during the exit cannot kill the process with -15.
+    """
     daemon = Daemon(config, notifier=notifier, clock=clock, rng=rng)
     if threading.current_thread() is not threading.main_thread():
         return daemon.run()
@@ -507,7 +514,7 @@ def run(
         return daemon.run()
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if ignore_signals_after else handler)
 
 
 def provision_once(

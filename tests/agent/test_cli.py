@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -246,6 +248,7 @@ def test_image_prep_strips_state(tmp_path: Path, pki: PKI, device: Issued) -> No
     assert "2 file(s) removed" in result.stdout
 
 
+@pytest.mark.usefixtures("root_logger")  # main() sets logging up in this process
 def test_a_bug_is_a_traceback_and_exit_70(
     tmp_path: Path,
     pki: PKI,
@@ -288,19 +291,38 @@ def test_example_configs_match_the_pki_layout(
     assert result.returncode == 0
 
 
-def test_run_under_systemd_notify_protocol(tmp_path: Path, pki: PKI, device: Issued) -> None:
-    """`run` says READY (offline is fine), pings the watchdog, and stops cleanly on SIGTERM."""
-    import signal
-    import socket
+class NotifySocket:
+    """A bound ``NOTIFY_SOCKET`` (AF_UNIX datagrams) that remembers every line received."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen: list[str] = []
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(20.0)
+
+    def until(self, line: str) -> None:
+        """Receive (at most 200 datagrams, 20 s each) until ``line`` has come."""
+        for _ in range(200):
+            if line in self.seen:
+                return
+            self.seen.extend(self._socket.recv(4096).decode().split("\n"))
+        raise AssertionError(f"{line} never came; got {self.seen}")
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def start_daemon(
+    tmp_path: Path, pki: PKI, device: Issued, *command: str
+) -> tuple[subprocess.Popen[str], NotifySocket]:
+    """``command`` (default ``python -m agent``) ``--config ... run``, DPS refusing; READY seen."""
     config = write_config(tmp_path, pki, device, dps_port=1)  # DPS refuses: agent retries
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify"))
-    notify.settimeout(20.0)
+    notify = NotifySocket(tmp_path / "notify")
     environment = {k: v for k, v in os.environ.items() if k != "DEVICE_AGENT_CONFIG"}
-    environment.update(NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="2000000")
+    environment.update(NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="2000000")
     process = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--config", str(config), "run"],
+        [*(command or (sys.executable, "-m", "agent")), "--config", str(config), "run"],
         cwd=REPO,
         env=environment,
         stdout=subprocess.PIPE,
@@ -308,25 +330,57 @@ def test_run_under_systemd_notify_protocol(tmp_path: Path, pki: PKI, device: Iss
         text=True,
     )
     try:
-        seen: list[str] = []
+        notify.until("READY=1")
+    except BaseException:
+        stop(process, notify)
+        raise
+    return process, notify
 
-        def until(line: str) -> None:
-            for _ in range(200):
-                message = notify.recv(4096).decode()
-                seen.extend(message.split("\n"))
-                if line in seen:
-                    return
-            raise AssertionError(f"{line} never came; got {seen}")
 
-        until("READY=1")
-        until("WATCHDOG=1")
-        assert any(item.startswith("STATUS=") for item in seen)
+def stop(process: subprocess.Popen[str], notify: NotifySocket) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.communicate(timeout=10)
+    notify.close()
+
+
+def test_run_under_systemd_notify_protocol(tmp_path: Path, pki: PKI, device: Issued) -> None:
+    """`run` says READY (offline is fine), pings the watchdog, and stops cleanly on SIGTERM."""
+    process, notify = start_daemon(tmp_path, pki, device)
+    try:
+        notify.until("WATCHDOG=1")
+        assert any(item.startswith("STATUS=") for item in notify.seen)
         process.send_signal(signal.SIGTERM)
-        until("STOPPING=1")
+        notify.until("STOPPING=1")
         _, stderr = process.communicate(timeout=20)
         assert process.returncode == 0, stderr
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=10)
-        notify.close()
+        stop(process, notify)
+
+
+# After main() returns, signal the process itself: the exact moment a second SIGTERM
+# from systemd (or a second Ctrl-C) used to kill the exiting CLI with -15.
+SIGNALS_AFTER_MAIN = """
+import os, signal, sys
+from agent.cli import main
+code = main(sys.argv[1:])
+os.kill(os.getpid(), signal.SIGTERM)
+os.kill(os.getpid(), signal.SIGINT)
+print("survived both signals", flush=True)
+sys.exit(code)
+"""
+
+
+def test_signals_after_shutdown_began_do_not_kill_the_cli(
+    tmp_path: Path, pki: PKI, device: Issued
+) -> None:
+    process, notify = start_daemon(tmp_path, pki, device, sys.executable, "-c", SIGNALS_AFTER_MAIN)
+    try:
+        process.send_signal(signal.SIGTERM)
+        notify.until("STOPPING=1")
+        stdout, stderr = process.communicate(timeout=20)
+        assert process.returncode == 0, stderr
+        assert "survived both signals" in stdout
+        assert "Traceback" not in stderr
+    finally:
+        stop(process, notify)
