@@ -9,6 +9,9 @@ stderr is connected to. Only when it is set *and* matches stderr *and* the optio
 so each line carries a ``<N>`` syslog priority prefix that journald understands
 (``SyslogLevelPrefix=`` is on by default) and no timestamp (journald adds its own).
 Anywhere else (a terminal, a test, a pipe) lines go to stderr with a timestamp.
+"stderr" means whatever ``sys.stderr`` is when a line is written, not the object it
+was at set-up: code that swaps ``sys.stderr`` (pytest's capture, an in-process
+``main()``) and closes the old one must not leave a handler writing to a closed file.
 ``systemd.journal`` is never used without ``JOURNAL_STREAM``: with no journald socket it
 silently drops every message.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal, TextIO
 
 __all__ = ["LogDestination", "setup_logging"]
@@ -33,6 +36,21 @@ _SYSLOG_PRIORITY = {
     logging.DEBUG: 7,
 }
 _MARK = "_device_agent_handler"
+
+
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """A StreamHandler that writes to the current ``sys.stderr`` (as ``logging.lastResort``)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always the current sys.stderr
 
 
 class _PriorityFormatter(logging.Formatter):
@@ -53,6 +71,9 @@ def setup_logging(
     """Configure the root logger once (calling again replaces our handler); say where it goes."""
     env = os.environ if environ is None else environ
     out = sys.stderr if stream is None else stream
+    new_handler: Callable[[], logging.Handler] = (
+        _StderrHandler if stream is None else lambda: logging.StreamHandler(stream)
+    )
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
         root.removeHandler(old)
@@ -65,11 +86,11 @@ def setup_logging(
         if journal is not None:
             handler, destination = journal, "journald"
         else:
-            handler = logging.StreamHandler(out)
+            handler = new_handler()
             handler.setFormatter(_PriorityFormatter("%(name)s: %(message)s"))
             destination = "journald-stderr"
     else:
-        handler = logging.StreamHandler(out)
+        handler = new_handler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
         destination = "stderr"
     setattr(handler, _MARK, True)

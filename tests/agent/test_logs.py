@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -16,16 +17,9 @@ from agent.logs import setup_logging
 
 
 @pytest.fixture
-def stream(tmp_path: Path) -> Iterator[TextIO]:
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
+def stream(tmp_path: Path, root_logger: logging.Logger) -> Iterator[TextIO]:
     with (tmp_path / "stderr.log").open("w+", encoding="utf-8") as out:
         yield out
-    for handler in list(root.handlers):
-        if handler not in saved_handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(saved_level)
 
 
 def journal_stream_of(out: TextIO) -> str:
@@ -47,6 +41,23 @@ def test_plain_stderr_with_timestamps(stream: TextIO) -> None:
     assert "INFO    agent.test: hello world" in text
     assert "not shown" not in text
     assert text[:4].isdigit()  # the year of the timestamp
+
+
+def test_default_stream_is_whatever_sys_stderr_is_now(
+    root_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An in-process main() under pytest's capture: the stderr seen at set-up is closed
+    # later and another one takes its place; logging must follow, not hit a closed file.
+    at_setup = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", at_setup)
+    assert setup_logging("info", environ={}) == "stderr"
+    at_setup.close()
+    now = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", now)
+    logging.getLogger("agent.test").warning("after the swap")
+    text = now.getvalue()
+    assert "WARNING agent.test: after the swap" in text
+    assert "Logging error" not in text
 
 
 def test_journal_stream_without_systemd_python_prefixes_priorities(
