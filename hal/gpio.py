@@ -87,21 +87,33 @@ class StatusLed:
         return self._pattern
 
     def show(self, pattern: LedPattern) -> None:
-        """Show ``pattern`` (in the background); a no-op if it is already showing."""
+        """Show ``pattern`` (in the background); a no-op if it is already showing.
+
+        Raises :class:`hal.exc.PinUnavailableError` once the LED is closed.
+        """
+        from gpiozero.exc import GPIOZeroError
+
         with self._lock:
+            if self._led.closed:
+                raise PinUnavailableError(f"the status LED on pin {self._pin} is closed")
             if pattern is self._pattern:
                 return
             blink = pattern.blink
-            if blink.steady:
-                self._led.on()
-            else:
-                self._led.blink(on_time=blink.on_s, off_time=blink.off_s, background=True)
+            try:
+                if blink.steady:
+                    self._led.on()
+                else:
+                    self._led.blink(on_time=blink.on_s, off_time=blink.off_s, background=True)
+            except (GPIOZeroError, OSError) as exc:
+                raise _gpio_error("cannot drive the status LED", self._pin, exc) from exc
             self._pattern = pattern
 
     def close(self) -> None:
         """Turn the LED off and release the pin; idempotent."""
         with self._lock:
             self._pattern = None
+            if not self._led.closed:
+                self._led.off()  # also stops a blink
             self._led.close()
 
 
@@ -122,6 +134,7 @@ class ReprovisionButton:
 
         if hold_time_s <= 0:
             raise ValueError("hold_time_s must be positive")
+        self._pin = pin
         self._callback = on_long_press
         try:
             self._button: Any = Button(
@@ -133,7 +146,10 @@ class ReprovisionButton:
 
     @property
     def is_pressed(self) -> bool:
-        """Whether the button is down right now."""
+        """Whether the button is down right now; :class:`hal.exc.PinUnavailableError`
+        once the button is closed."""
+        if self._button.closed:
+            raise PinUnavailableError(f"the reprovision button on pin {self._pin} is closed")
         return bool(self._button.is_pressed)
 
     def _held(self) -> None:

@@ -54,13 +54,15 @@ def test_patterns_are_distinct() -> None:
     assert not any(p.blink.steady for p in LedPattern if p is not LedPattern.CONNECTED)
 
 
-def test_connected_is_steady_on(factory: Any) -> None:
+def test_connected_is_steady_on_and_close_turns_it_off(factory: Any) -> None:
     led = StatusLed(LED_PIN, pin_factory=factory)
     pin = factory.pin(LED_PIN)
     led.show(LedPattern.CONNECTED)
     assert pin.state
     assert led.pattern is LedPattern.CONNECTED
     led.close()
+    assert not pin.state
+    led.close()  # idempotent
     assert led.pattern is None
 
 
@@ -85,17 +87,45 @@ def test_blinking_patterns_toggle_the_pin_with_their_rhythm(
     assert pattern.blink.on_s - 0.02 <= on_time <= pattern.blink.on_s + 0.25
 
 
+def test_offline_is_a_short_blip_then_a_long_pause(factory: Any) -> None:
+    led = StatusLed(LED_PIN, pin_factory=factory)
+    pin = factory.pin(LED_PIN)
+    pin.clear_states()
+    led.show(LedPattern.OFFLINE)
+    assert _wait_for(lambda: len(pin.states) >= 3)  # off (initial), on, off
+    states = list(pin.states)
+    assert [bool(s.state) for s in states[1:3]] == [True, False]
+    assert 0.1 - 0.02 <= states[2].timestamp <= 0.1 + 0.25
+    # Still dark well past the ERROR flicker's 0.1 s and PROVISIONING's 0.5 s pause
+    # (a bounded wait for something that must not happen).
+    assert not _wait_for(lambda: bool(pin.state), timeout_s=0.6)
+    led.close()
+
+
 def test_show_same_pattern_twice_does_not_restart(factory: Any) -> None:
     led = StatusLed(LED_PIN, pin_factory=factory)
     pin = factory.pin(LED_PIN)
-    led.show(LedPattern.OFFLINE)
-    assert _wait_for(lambda: bool(pin.state))
     pin.clear_states()
-    led.show(LedPattern.OFFLINE)  # no restart: no immediate extra edge
-    assert len(pin.states) == 1
+    led.show(LedPattern.OFFLINE)
+    assert _wait_for(lambda: len(pin.states) >= 3 and not pin.state)  # first blip over
+    # A restarted blink would light the LED at once; an unchanged one stays dark 1.9 s.
+    led.show(LedPattern.OFFLINE)
+    assert not _wait_for(lambda: bool(pin.state), timeout_s=0.3)
     led.show(LedPattern.CONNECTED)
     assert _wait_for(lambda: bool(pin.state))
     led.close()
+
+
+def test_closed_devices_raise_hal_errors(factory: Any) -> None:
+    led = StatusLed(LED_PIN, pin_factory=factory)
+    led.close()
+    with pytest.raises(PinUnavailableError, match="closed"):
+        led.show(LedPattern.ERROR)  # and no blink thread is left behind (fixture)
+    button = ReprovisionButton(BUTTON_PIN, lambda: None, pin_factory=factory)
+    button.close()
+    with pytest.raises(PinUnavailableError, match="closed"):
+        _ = button.is_pressed
+    button.close()
 
 
 def test_long_press_requests_reprovisioning(factory: Any) -> None:
