@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import ssl
 import threading
+import warnings
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from tests.support.devcloud import (
     mqtt_devices_fixture,  # noqa: F401
     running_devcloud,
 )
+from tests.support.mqtt_server import wait_until
 
 
 def provision(
@@ -306,10 +310,11 @@ def _connect_packet(client_id: str) -> bytes:
     return bytes([0x10, len(body)]) + body
 
 
-def _handshake_fails(cloud: DevCloudHandle, identity: Issued, device_id: str) -> bool:
+def _handshake_fails(cloud: DevCloudHandle, identity: Issued | None, device_id: str) -> bool:
     """Whether TLS refuses ``identity`` (a CONNECT then gets no CONNACK at all)."""
     context = ssl.create_default_context(cafile=str(cloud.ca_path))
-    context.load_cert_chain(str(identity.chain_path), str(identity.key_path))
+    if identity is not None:
+        context.load_cert_chain(str(identity.chain_path), str(identity.key_path))
     host, port = cloud.hub_addresses["hub1"]
     with socket.create_connection((host, port), timeout=5) as raw:
         try:
@@ -334,6 +339,44 @@ def test_revoked_and_foreign_certificates_fail_the_handshake(
     rogue = PKI.create(tmp_path / "rogue", name="rogue")
     assert _handshake_fails(devcloud, rogue.issue_device("dev-r"), "dev-r")
     assert not _handshake_fails(devcloud, good, "dev-r")
+
+
+@pytest.mark.parametrize("case", ["no-client-cert", "expired", "not-yet-valid"])
+def test_the_hub_tls_refuses_bad_client_certificates(devcloud: DevCloudHandle, case: str) -> None:
+    devcloud.client.create_device("dev-t", "hub1")
+    now = datetime.now(UTC)
+    window = {
+        "expired": (now - timedelta(days=3), now - timedelta(days=1)),
+        "not-yet-valid": (now + timedelta(days=1), now + timedelta(days=3)),
+    }
+    if case == "no-client-cert":
+        assert _handshake_fails(devcloud, None, "dev-t")
+    else:
+        not_before, not_after = window[case]
+        identity = devcloud.pki.issue_device("dev-t", not_before=not_before, not_after=not_after)
+        assert _handshake_fails(devcloud, identity, "dev-t")
+    assert not _handshake_fails(devcloud, devcloud.pki.issue_device("dev-t"), "dev-t")
+
+
+def test_the_hub_tls_refuses_tls_1_1(
+    devcloud: DevCloudHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    identity = devcloud.pki.issue_device("dev-t11")
+    context = ssl.create_default_context(cafile=str(devcloud.ca_path))
+    context.load_cert_chain(str(identity.chain_path), str(identity.key_path))
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # lets this client offer TLS 1.1 at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # ssl.TLSVersion.TLSv1_1
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+    host, port = devcloud.hub_addresses["hub1"]
+    with (
+        caplog.at_level(logging.WARNING, logger="devcloud.mqtt.server"),
+        socket.create_connection((host, port), timeout=5) as raw,
+    ):
+        with pytest.raises(ssl.SSLError):
+            context.wrap_socket(raw, server_hostname=host)
+        # The refusal is the server's (not this client's): it logs why it dropped us.
+        wait_until(lambda: "TLS handshake failed: [SSL: UNSUPPORTED_PROTOCOL]" in caplog.text)
 
 
 def test_a_group_on_a_foreign_ca_is_trusted(

@@ -273,11 +273,13 @@ def test_x509_provisioning_with_custom_allocation_payload(
     mine = [a for a in cloud.allocations if a.registration_id == registration_id]
     assert len(mine) == 1
     assert mine[0].payload == REGISTRATION_PAYLOAD
-    assert mine[0].x509.get("sha256Thumbprint", issued.thumbprint) == issued.thumbprint
+    assert mine[0].x509["sha256Thumbprint"] == issued.thumbprint
     assert registered["payload"] == {"welcome": registration_id, "youSent": REGISTRATION_PAYLOAD}
     # devcloud's own view agrees: one register request, the device in hub2, the initial twin.
     assert cloud.client.registration_attempts(registration_id) == 1
-    assert cloud.client.get_device(registration_id)["hub"] == "hub2"
+    created = cloud.client.get_device(registration_id)
+    assert created["hub"] == "hub2"
+    assert created["authentication"] == {"type": "certificateAuthority"}
     twin = cloud.client.get_twin(registration_id)
     assert twin["properties"]["desired"]["telemetryInterval_s"] == 30
     assert twin["tags"] == {"allocatedBy": "conformance"}
