@@ -8,7 +8,8 @@ stretching. Data is cleared once read. ``corrupt_crc_reads`` flips CRC bytes.
 SHT3x: 16-bit commands (single shot 0x2400/0x240B/0x2416, clock-stretching
 variants 0x2C06/0x2C0D/0x2C10, soft reset 0x30A2, status 0xF32D, clear status
 0x3041). An unknown or truncated command is ACKed but sets status bit 1
-("last command not processed") and leaves no data.
+("last command not processed") and leaves no data; the next valid command other
+than the status read clears it.
 SHT4x: 8-bit commands (0xFD/0xF6/0xE0 measure, 0x89 serial, 0x94 soft reset);
 an unknown command byte is NACKed.
 """
@@ -87,14 +88,16 @@ class SimSHT3x(_SimSensirion):
             self.status |= self.STATUS_COMMAND_FAILED
             return
         command = int.from_bytes(data, "big")
+        if command == 0xF32D:
+            # Reports on the command before it, so it leaves the "failed" bit alone.
+            self._respond([self.status], 0.0)
+            return
         self.status &= ~self.STATUS_COMMAND_FAILED
         if command in self.DURATIONS_S:
             self._measure(0.0, 100.0, self.DURATIONS_S[command])
         elif command == 0x30A2:
             self.power_on_reset()
             self.status = self.STATUS_RESET_DETECTED
-        elif command == 0xF32D:
-            self._respond([self.status], 0.0)
         elif command == 0x3041:
             self.status &= ~0x8C10
         else:

@@ -6,12 +6,13 @@ import errno
 
 import pytest
 
+from hal.crc import words_with_crc
 from hal.drivers.sht3x import SHT3x
 from hal.drivers.sht4x import SHT4x
 from hal.exc import CRCError, I2CError
 from hal.sim.board import Board
 from hal.sim.clock import ManualClock
-from hal.sim.sensirion import SimSHT4x
+from hal.sim.sensirion import SimSHT3x, SimSHT4x
 from tests.hal.conftest import PINNED
 
 
@@ -106,11 +107,36 @@ def test_sht4x_nacks_an_sht3x_command(board: Board) -> None:
 
 def test_sht3x_flags_an_unknown_command_in_its_status(board: Board) -> None:
     bus = board.bus(1)
+
+    def status() -> int:
+        bus.write(0x44, b"\xf3\x2d")
+        (word,) = words_with_crc("sht3x", bus.read(0x44, 3))
+        return word
+
+    assert not status() & 0x0002
     bus.write(0x44, b"\x89")  # an SHT4x command, truncated for an SHT3x
     with pytest.raises(I2CError):
         bus.read(0x44, 6)  # no data pending: NACK
-    bus.write(0x44, b"\xf3\x2d")
-    status = bus.read(0x44, 3)
-    # Reading status clears "last command failed" as it is a valid command itself;
-    # the reset-detected bit from power-on remains.
-    assert int.from_bytes(status[:2], "big") & 0x0010
+    assert status() & 0x0002  # "last command not processed"
+    assert status() & 0x0002  # reading the status does not clear it
+    bus.write(0x44, b"\x30\x41")  # clear status: a valid command
+    assert not status() & 0x0002
+
+
+class _SHT3xWithBadHumidityCRC(SimSHT3x):
+    """An SHT31 whose humidity word (the second of a measurement) carries a bad CRC."""
+
+    def read(self, length: int) -> bytes:
+        data = bytearray(super().read(length))
+        if len(data) == 6:
+            data[5] ^= 0x01
+        return bytes(data)
+
+
+def test_sht3x_checks_the_crc_of_every_word(clock: ManualClock) -> None:
+    board = Board(clock=clock)
+    board.attach(1, 0x44, _SHT3xWithBadHumidityCRC())
+    sensor = SHT3x(board.bus(1), 0x44, sleep=clock.sleep)
+    with pytest.raises(CRCError) as info:
+        sensor.read()
+    assert info.value.received == info.value.expected ^ 0x01
