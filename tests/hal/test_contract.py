@@ -16,6 +16,7 @@ import pytest
 
 from hal.backend import Backend, open_backend
 from hal.discovery import PARTS, open_sensors, scan
+from hal.exc import SensorError
 from hal.sensor import UNITS, Sensor
 
 PLAUSIBLE = {
@@ -83,7 +84,9 @@ def test_readings_are_plausible_and_repeatable(sensors: list[Sensor]) -> None:
                 assert abs(second[quantity] - value) <= max(1.0, 0.01 * abs(value)), sensor.name
 
 
-def test_close_is_idempotent(sensors: list[Sensor]) -> None:
+def test_close_is_idempotent_and_final(sensors: list[Sensor]) -> None:
     for sensor in sensors:
         sensor.close()
         sensor.close()
+        with pytest.raises(SensorError, match="closed"):
+            sensor.read()
