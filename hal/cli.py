@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from hal.backend import BACKEND_KINDS, Backend, MockBackend, open_backend
-from hal.exc import BusUnavailableError, HALError, UnknownBackendError
+from hal.exc import HALError, UnknownBackendError
 from hal.sensor import UNITS, SensorSpec
 
 EX_OK = 0
@@ -148,9 +148,9 @@ def _out(args: argparse.Namespace) -> TextIO:
     return out
 
 
-def _fail(args: argparse.Namespace, exc: HALError) -> int:
+def _fail(exc: HALError) -> int:
     print(f"error: {exc}", file=sys.stderr)
-    if isinstance(exc, (BusUnavailableError, OSError)):
+    if isinstance(exc, OSError):  # BusUnavailableError, or I2CError (stuck bus, EIO)
         return EX_UNAVAILABLE
     return EX_USAGE if isinstance(exc, ValueError) else EX_FAILURE
 
@@ -163,11 +163,11 @@ def _scan(args: argparse.Namespace) -> int:
     try:
         backend = _open(args)
     except HALError as exc:
-        return _fail(args, exc)
+        return _fail(exc)
     try:
         found = scan(backend, buses)
     except HALError as exc:
-        return _fail(args, exc)
+        return _fail(exc)
     finally:
         backend.close()
     out = _out(args)
@@ -190,30 +190,31 @@ def _scan(args: argparse.Namespace) -> int:
 
 def _read(args: argparse.Namespace) -> int:
     """Take one reading from each sensor (named with --sensor, or found by a scan)."""
-    from hal.discovery import open_sensors
+    from hal.discovery import open_sensors, scan
 
     buses = args.buses or [1]
     chosen = args.sensors or ["auto"]
     try:
         backend = _open(args)
     except HALError as exc:
-        return _fail(args, exc)
+        return _fail(exc)
     results: list[dict[str, Any]] = []
     try:
         specs: list[SensorSpec] = [s for s in chosen if isinstance(s, SensorSpec)]
-        sensors = open_sensors(backend, specs, buses, require_present=False)
         if "auto" in chosen:
             taken = {(s.bus, s.address) for s in specs}
-            for sensor in open_sensors(backend, "auto", buses, require_present=False):
-                key = (getattr(sensor, "bus_number", -1), getattr(sensor, "address", -1))
-                if key not in taken:
-                    sensors.append(sensor)
-        for sensor in sensors:
+            specs += [
+                f.spec()
+                for f in scan(backend, buses)
+                if f.part is not None and (f.bus, f.address) not in taken
+            ]
+        sensors = open_sensors(backend, specs, require_present=False)
+        for spec, sensor in zip(specs, sensors, strict=True):
             row: dict[str, Any] = {
                 "name": sensor.name,
                 "part": sensor.part,
-                "bus": getattr(sensor, "bus_number", None),
-                "address": getattr(sensor, "address", None),
+                "bus": spec.bus,
+                "address": spec.address,
             }
             try:
                 row["readings"] = sensor.read()
@@ -223,7 +224,7 @@ def _read(args: argparse.Namespace) -> int:
                 sensor.close()
             results.append(row)
     except HALError as exc:
-        return _fail(args, exc)
+        return _fail(exc)
     finally:
         backend.close()
     out = _out(args)

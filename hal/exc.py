@@ -78,7 +78,8 @@ class InvalidAddressError(HALError, ValueError):
 
 
 class UnknownBackendError(HALError, ValueError):
-    """``open_backend`` was asked for a backend or mock board that does not exist."""
+    """``open_backend`` was asked for a backend or mock board that does not exist, or
+    a simulated chip was asked for (to inject a fault) where the mock board has none."""
 
 
 # -- sensors -------------------------------------------------------------------------

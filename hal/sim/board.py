@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from hal.bus import check_address
-from hal.exc import BusUnavailableError, I2CError
+from hal.exc import BusUnavailableError, I2CError, UnknownBackendError
 from hal.sim.chip import Attachment, Nack, SimChip
 from hal.sim.clock import RealClock, SimClock
 from hal.sim.environment import Environment
@@ -117,9 +117,15 @@ class Board:
             return self._buses[number]
 
     def chip(self, bus: int, address: int) -> SimChip:
-        """The chip fitted at ``address`` on ``bus`` (even if currently removed)."""
+        """The chip fitted at ``address`` on ``bus`` (even if currently removed);
+        :class:`hal.exc.UnknownBackendError` if none is fitted there."""
         with self._lock:
-            return self._chips[(bus, address)]
+            try:
+                return self._chips[(bus, address)]
+            except KeyError:
+                raise UnknownBackendError(
+                    f"mock board {self.name!r} has no chip at i2c-{bus} 0x{address:02x}"
+                ) from None
 
     def chips(self) -> dict[tuple[int, int], SimChip]:
         """Every fitted chip by ``(bus, address)``."""

@@ -141,3 +141,49 @@ def test_python_dash_m_hal() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "tmp102@1:0x48" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("fault", "errno_name"),
+    [("nack@1:0x76", "EREMOTEIO"), ("eio@1:0x76", "EIO"), ("remove@1:0x76", "ENXIO")],
+)
+def test_read_with_each_bus_fault(fault: str, errno_name: str) -> None:
+    code, out = run(
+        "sensors", "read", "--backend", "mock", "--json",
+        "--sensor", "BME280@1:0x76", "--sensor", "TMP102@1:0x48", "--mock-fault", fault,
+    )  # fmt: skip
+    assert code == EX_FAILURE
+    by_name = {s["name"]: s for s in json.loads(out)["sensors"]}
+    assert f"{errno_name} " in by_name["bme280@1:0x76"]["error"]
+    assert "temperature_c" in by_name["tmp102@1:0x48"]["readings"]
+
+
+def test_a_fault_aimed_at_no_chip_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run("sensors", "read", "--backend", "mock", "--mock-fault", "remove@1:0x10")
+    assert code == EX_USAGE
+    assert "no chip at i2c-1 0x10" in capsys.readouterr().err
+
+
+def test_named_and_auto_sensors_are_read_once_each() -> None:
+    code, out = run(
+        "sensors", "read", "--backend", "mock", "--json",
+        "--sensor", "BME280@1:0x76", "--sensor", "auto",
+    )  # fmt: skip
+    assert code == EX_OK
+    sensors = json.loads(out)["sensors"]
+    assert sorted((s["bus"], s["address"]) for s in sensors) == [
+        (1, 0x23), (1, 0x44), (1, 0x45), (1, 0x48), (1, 0x76), (1, 0x77),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("scan", "--bus", "250"), ("read", "--sensor", "BME280@250:0x76")],
+)
+def test_real_backend_without_the_bus_is_unavailable(
+    argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run("sensors", *argv, "--backend", "smbus")
+    assert code == EX_UNAVAILABLE
+    assert "cannot open /dev/i2c-250: ENOENT" in capsys.readouterr().err
+    assert out == ""
