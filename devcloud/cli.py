@@ -69,10 +69,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.config is not None:
         config = load_config(args.config, **overrides)
     else:
-        config = DevCloudConfig(state_dir=overrides.get("state_dir", Path(".devcloud")))
-        config = DevCloudConfig(
-            state_dir=config.state_dir, database=config.state_dir / "devcloud.db"
-        )
+        state_dir: Path = overrides.get("state_dir", Path(".devcloud"))
+        config = DevCloudConfig(state_dir=state_dir, database=state_dir / "devcloud.db")
     if args.memory:
         from dataclasses import replace
 

@@ -18,7 +18,12 @@ from devcloud.app import DevCloud, DevCloudHandle
 from devcloud.cli import main
 from devcloud.client import DevCloudClient
 from devcloud.config import ConfigError, DevCloudConfig, HubSpec, load_config
-from tests.support.devcloud import devcloud_fixture, free_loopback_address  # noqa: F401
+from tests.support.devcloud import (  # noqa: F401
+    MqttDevice,
+    devcloud_fixture,
+    free_loopback_address,
+    mqtt_devices_fixture,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,6 +121,30 @@ def test_operations(capsys: pytest.CaptureFixture[str], devcloud: DevCloudHandle
     assert run(capsys, devcloud, "device", "show", "dev-1")[0] == 1
     assert run(capsys, devcloud, "registration", "list")[1] == []
     assert [h["name"] for h in run(capsys, devcloud, "hubs")[1]] == ["hub1", "hub2"]
+
+
+def test_method_invoke_returns_the_device_answer(
+    capsys: pytest.CaptureFixture[str], devcloud: DevCloudHandle, mqtt_devices: list[MqttDevice]
+) -> None:
+    devcloud.client.create_device("dev-cli-m", "hub2")
+    device = MqttDevice.hub(devcloud, "hub2", devcloud.pki.issue_device("dev-cli-m"), "dev-cli-m")
+    mqtt_devices.append(device)
+    assert device.connect() == 0
+    assert device.subscribe("$iothub/methods/POST/#", 1) == 1
+    argv = ["method", "invoke", "blink", "--device", "dev-cli-m", "--payload", '{"n": 3}']
+    codes: list[int] = []
+    call = threading.Thread(target=lambda: codes.append(main(["--url", devcloud.rest_url, *argv])))
+    call.start()
+    try:
+        topic, raw = device.expect("$iothub/methods/POST/blink/")
+        assert json.loads(raw) == {"n": 3}
+        rid = topic.rsplit("=", 1)[1]
+        device.publish(f"$iothub/methods/res/201/?$rid={rid}", json.dumps({"blinked": 3}))
+    finally:
+        call.join(15)
+    assert not call.is_alive()
+    assert codes == [0]
+    assert json.loads(capsys.readouterr().out) == {"status": 201, "payload": {"blinked": 3}}
 
 
 def test_telemetry_tail(capsys: pytest.CaptureFixture[str], devcloud: DevCloudHandle) -> None:
@@ -222,6 +251,65 @@ def test_serve_end_to_end_and_state_survives(tmp_path: Path, stop_signal: signal
                 process.kill()
                 process.wait(10)
     assert (tmp_path / "state" / "pki" / "ca" / "root.pem").exists()
+
+
+#: Run inside a private network namespace: ``devcloud serve`` with no configuration at all,
+#: then the CLI with no ``--url``, so the fixed default addresses clash with nothing.
+_DEFAULTS_DRIVER = r"""
+import json, os, signal, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+serve = subprocess.Popen(
+    [sys.executable, "-m", "devcloud", "serve", "--state-dir", sys.argv[1]],
+    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+)
+lines = []
+for line in serve.stdout:  # ends at "ready" or when serve exits; the caller has a timeout
+    lines.append(line.rstrip())
+    if line.startswith("devcloud: ready"):
+        break
+cli = [sys.executable, "-m", "devcloud"]
+hubs = subprocess.run([*cli, "hubs"], capture_output=True, text=True, timeout=30)
+group = subprocess.run(
+    [*cli, "enrollment-group", "show", "default"], capture_output=True, text=True, timeout=30
+)
+serve.send_signal(signal.SIGTERM)
+serve.communicate(timeout=15)
+print(json.dumps({"lines": lines, "hubs": hubs.stdout, "group": group.stdout,
+                  "serve_rc": serve.returncode}))
+"""
+
+
+def test_serve_starts_with_the_defaults(tmp_path: Path) -> None:
+    """``devcloud serve`` with no configuration: the documented addresses, SQLite state."""
+    state = tmp_path / "state"
+    result = subprocess.run(
+        ["unshare", "--net", "--map-root-user", sys.executable, "-c", _DEFAULTS_DRIVER, state],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    lines = report["lines"]
+    assert lines[-1] == "devcloud: ready", lines
+    assert "devcloud: id scope  0ne00000DEV" in lines
+    assert "devcloud: DPS       mqtts://127.0.0.2:8883" in lines
+    assert "devcloud: REST      http://127.0.0.1:8088" in lines
+    assert f"devcloud: state     {state / 'devcloud.db'}" in lines
+    hubs = {h["name"]: h for h in json.loads(report["hubs"])}
+    assert sorted(hubs) == ["hub1", "hub2"]
+    assert [(hubs[n]["host"], hubs[n]["port"]) for n in ("hub1", "hub2")] == [
+        ("127.0.0.3", 8883),
+        ("127.0.0.4", 8883),
+    ]
+    assert [hubs[n]["hostname"] for n in ("hub1", "hub2")] == ["127.0.0.3", "127.0.0.4"]
+    group = json.loads(report["group"])
+    assert group["allocationPolicy"] == "hashed"
+    assert report["serve_rc"] == 0
+    assert (state / "devcloud.db").is_file()
 
 
 def test_load_config_full(tmp_path: Path) -> None:
