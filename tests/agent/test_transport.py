@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -181,6 +182,31 @@ def test_server_certificate_for_another_address(
             assert isinstance(event, ConnectionLost)
             assert "mismatch" in event.reason
             assert "127.0.0.1" in event.reason
+    finally:
+        thread.stop()
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+def test_a_server_below_tls_1_2_is_refused(
+    pki: PKI, endpoint: RecordingEndpoint, device: Issued
+) -> None:
+    issued = pki.issue_server(HOST, ip_addresses=[HOST])
+
+    def tls_1_1_only() -> ssl.SSLContext:
+        context = server_context(pki, issued)()
+        context.minimum_version = ssl.TLSVersion.TLSv1_1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL 3 would not offer 1.1 otherwise
+        return context
+
+    thread = ServerThread(endpoint, tls_1_1_only).start(HOST)
+    try:
+        with make_transport(thread, device, pki.root_path) as transport:
+            transport.start_connect()
+            (event,) = poll_until(transport, first(ConnectionLost))
+            assert isinstance(event, ConnectionLost)
+            assert "TLS handshake failed" in event.reason
+            assert endpoint.requests.empty()  # no MQTT CONNECT got through
     finally:
         thread.stop()
 
