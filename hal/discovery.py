@@ -7,7 +7,8 @@ part can have, and identifies what answers:
 
 * 0x76/0x77: chip id register 0xD0 (0x60 BME280, 0x58 BMP280);
 * 0x44/0x45/0x46: SHT4x serial-number command (0x89), else SHT3x status
-  command (0xF32D), each answer CRC-checked;
+  command (0xF32D), each answer CRC-checked (an answer that fails its CRC is
+  reported as unidentified, not hidden);
 * 0x48..0x4B: TMP102 configuration register (read-only R1:R0 = 11);
 * 0x23/0x5C: BH1750 power-down opcode ACKed (the part has no ID; "presumed").
 
@@ -166,12 +167,13 @@ def _probe(bus: I2CBus, address: int, sleep: Sleep) -> Found | None:
 def _probe_sensirion(bus: I2CBus, address: int, sleep: Sleep) -> Found | None:
     number = bus.number
     name = f"probe@{number}:0x{address:02x}"
+    garbled: CRCError | None = None  # something answered, but not with a valid word
     if address in SHT4x.ADDRESSES:
         try:
             serial = read_serial(bus, address, name, sleep)
             return Found(number, address, "SHT4x", f"serial number 0x{serial:08x}")
-        except CRCError:
-            pass
+        except CRCError as exc:
+            garbled = exc
         except I2CError as exc:
             if not exc.is_nack:
                 raise
@@ -181,5 +183,10 @@ def _probe_sensirion(bus: I2CBus, address: int, sleep: Sleep) -> Found | None:
             (status,) = words_with_crc(name, bus.read(address, 3))
             return Found(number, address, "SHT3x", f"status register 0x{status:04x}")
         except CRCError as exc:
-            return Found(number, address, None, f"answers, but {exc}")
+            garbled = exc
+        except I2CError as exc:
+            if not exc.is_nack or garbled is None:
+                raise
+    if garbled is not None:
+        return Found(number, address, None, f"answers, but {garbled}")
     return None

@@ -192,3 +192,15 @@ def test_canonical_part_refuses_unknown_names(part: str) -> None:
     with pytest.raises(UnknownPartError) as info:
         canonical_part(part)
     assert info.value.part == part and info.value.known == PART_NAMES
+
+
+@pytest.mark.parametrize(("part", "address"), [("SHT4x", 0x44), ("SHT4x", 0x46), ("SHT3x", 0x45)])
+def test_a_garbled_sensirion_answer_is_reported_not_hidden(part: str, address: int) -> None:
+    board = Board(clock=ManualClock())
+    board.attach(1, address, SimSHT4x() if part == "SHT4x" else SimSHT3x())
+    board.corrupt_crc(1, address, count=1)
+    (found,) = scan(MockBackend(board), [1])
+    assert (found.address, found.part) == (address, None)
+    assert "CRC mismatch" in found.detail
+    (again,) = scan(MockBackend(board), [1])  # the fault was for one read only
+    assert again.part == part
