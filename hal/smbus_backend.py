@@ -39,6 +39,7 @@ class SMBusI2C:
         self._number = number
         self._path = path
         self._lock = threading.Lock()
+        self._closed = False
         try:
             self._smbus = smbus_class(path)
         except OSError as exc:
@@ -75,13 +76,17 @@ class SMBusI2C:
         return bytes(msg)
 
     def close(self) -> None:
-        """Close the file descriptor of the bus."""
+        """Close the file descriptor of the bus; later transfers fail with ``EBADF``."""
         with self._lock:
-            self._smbus.close()
+            if not self._closed:
+                self._closed = True
+                self._smbus.close()
 
     def _transfer(self, address: int, operation: str, *msgs: Any) -> None:
         check_address(address)
         with self._lock:
+            if self._closed:
+                raise I2CError(errno.EBADF, self._number, address, f"{operation} (bus closed)")
             try:
                 self._smbus.i2c_rdwr(*msgs)
             except OSError as exc:

@@ -187,3 +187,15 @@ def test_a_vanished_chip_through_the_real_backend(board: Board, clock: ManualClo
     board.restore(1, 0x76)
     assert "pressure_hpa" in sensor.read()
     backend.close()
+
+
+def test_a_closed_bus_refuses_transfers_without_asking_the_kernel() -> None:
+    kernel = _KernelSays(errno.EIO)
+    backend = SMBusBackend(smbus_class=kernel)
+    bus = backend.bus(1)
+    backend.close()
+    backend.close()
+    with pytest.raises(I2CError) as info:
+        bus.write_read(0x76, b"\xd0", 1)
+    assert info.value.errno == errno.EBADF and "closed" in str(info.value)
+    assert kernel.calls == [] and kernel.closed
