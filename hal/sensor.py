@@ -36,6 +36,7 @@ class SensorSpec:
 
     @property
     def display_name(self) -> str:
+        """``name``, or ``{part}@{bus}:0x{addr:02x}`` in lower case when it is empty."""
         return self.name or f"{self.part.lower()}@{self.bus}:0x{self.address:02x}"
 
 
