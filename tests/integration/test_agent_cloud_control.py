@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent import __version__
 from agent.lifecycle import State
 from tests.support.agentcloud import AgentThread, Cloud, issue_device, wait_until, write_config
 
@@ -37,7 +38,10 @@ def wait_reported(cloud: Cloud, check: Any, what: str) -> dict[str, Any]:
 
 def test_reported_properties_after_connect(cloud: Cloud, agent: AgentThread) -> None:
     doc = wait_reported(cloud, lambda d: "agentVersion" in d, "reported properties")
+    assert doc["agentVersion"] == __version__
     assert doc["hub"] == agent.daemon.status()["hub"]
+    assert doc["lastReprovisionReason"] == "first boot: no cached assignment"
+    assert doc["errors"] == {}
     assert doc["deviceId"] == DEVICE
     assert doc["provisionedAt"]
     assert set(doc["sensors"]) == {"sht4x@1:0x45", "bme280@1:0x76"}

@@ -99,6 +99,17 @@ def test_reprovision_by_direct_method_moves_the_device(cloud: Cloud, tmp_path: P
         wait_connected_to(agent, cloud.hub_host(new))
         telemetry_from(cloud, "dev-method", new, since)
         assert agent.daemon.status()["lastReprovisionReason"] == "direct method"
+
+        def reported() -> dict[str, object]:
+            return dict(cloud.client.get_twin("dev-method")["properties"]["reported"])
+
+        wait_until(
+            lambda: (
+                reported().get("lastReprovisionReason") == "direct method"
+                and reported().get("hub") == cloud.hub_host(new)
+            ),
+            what="the new hub and the reason in reported properties",
+        )
         assert agent.stop() == 0
 
 
