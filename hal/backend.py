@@ -9,7 +9,7 @@ or the simulation's clock) and which gpiozero pin factory GPIO devices should us
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, get_args, runtime_checkable
 
 from hal.exc import UnknownBackendError
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from hal.sim.clock import SimClock
 
 BackendKind = Literal["smbus", "mock"]
-BACKEND_KINDS: tuple[str, ...] = ("smbus", "mock")
+BACKEND_KINDS: tuple[str, ...] = get_args(BackendKind)
 
 
 @runtime_checkable
