@@ -420,6 +420,20 @@ def test_revocation_is_enforced_at_connect_while_a_foreign_ca_is_trusted(
         hub.close()
 
 
+def test_a_group_on_the_root_ca_takes_devices_of_its_intermediate(
+    devcloud: DevCloudHandle, mqtt_devices: list[MqttDevice]
+) -> None:
+    """TLS hands DPS the chain up to the trusted intermediate; the root signed its top."""
+    devcloud.client.delete_enrollment_group("default")
+    devcloud.client.put_enrollment_group(
+        "by-root", ca_reference="devcloud-root", allocation_policy="static", iot_hubs=["hub2"]
+    )
+    hub, identity = provision(devcloud, mqtt_devices, "dev-under-root")
+    assert hub == "hub2"
+    assert devcloud.client.get_registration("dev-under-root")["enrollment"] == "group:by-root"
+    online(devcloud, mqtt_devices, hub, identity, "dev-under-root")
+
+
 def test_sqlite_state_survives_a_restart(tmp_path: Path, mqtt_devices: list[MqttDevice]) -> None:
     state = tmp_path / "state"
     database = state / "devcloud.db"

@@ -310,6 +310,13 @@ def test_intermediate_group_beats_root_group(pki: PKI) -> None:
         leaf = pki.issue_device(rid3).cert
         _, body = await dps.register(rid3, chain=[leaf])
         assert body["registrationState"]["assignedHub"] == HOSTS["hub2"]
+        # Without the intermediate's group, the root signed the top of [leaf, intermediate]
+        # (the chain devcloud's TLS verifies: it trusts the intermediate itself).
+        dps.registry.delete_group("z-inter")
+        rid4 = regid()
+        issued = pki.issue_device(rid4)
+        _, body = await dps.register(rid4, chain=[issued.cert, pki.intermediate])
+        assert body["registrationState"]["assignedHub"] == HOSTS["hub1"]
 
     asyncio.run(scenario())
 

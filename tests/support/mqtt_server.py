@@ -28,30 +28,21 @@ from devcloud.mqtt.codec import Connect, Decoder, MQTTError, Packet, encode
 from devcloud.mqtt.endpoint import Connection, ConnectRequest, DeviceSession, ProtocolViolation
 from devcloud.mqtt.server import IOT_HUB_WEBSOCKET_PATH, MQTTConnection, MQTTServer
 from devcloud.pki import PKI, Issued
+from devcloud.registry import Registry
+from devcloud.tls import ServerTLS
 
 T = TypeVar("T")
 TIMEOUT_S = 10.0
 LOOPBACK = "127.0.0.1"
 
 
-def server_tls_factory(pki: PKI, server: Issued) -> Callable[[], ssl.SSLContext]:
-    """A context factory as the services build it: client cert required, CRLs checked.
+def server_tls_factory(pki: PKI) -> ServerTLS:
+    """devcloud's own per-connection TLS for a server on 127.0.0.1, trusting ``pki``.
 
-    Files are read on every call, so a revocation is seen by the next connection.
+    Client certificate required, chains and CRLs checked; a revocation is seen by the
+    next connection.
     """
-
-    def make() -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(server.chain_path, server.key_path)
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(pki.ca_bundle_path)
-        for crl in pki.crl_paths:
-            context.load_verify_locations(crl)
-        context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
-        return context
-
-    return make
+    return ServerTLS(pki, Registry(()), "test", LOOPBACK)
 
 
 def client_tls_context(ca_path: Path, identity: Issued | None) -> ssl.SSLContext:
