@@ -83,3 +83,28 @@ def test_tmp102_identity_check(board: Board, clock: ManualClock) -> None:
     with pytest.raises(ChipIdMismatch, match="R1:R0"):
         TMP102(board.bus(1), 0x48, sleep=clock.sleep).read()
     chip._config_as_read = original  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # BH1750FVI datasheet: one-time H-resolution 0x20, H-resolution mode 2 0x21 (half the
+        # lux per count), L-resolution 0x23; maximum times 180 ms (H) and 24 ms (L).
+        ("high", 0x20, 0.180, 1 / 1.2),
+        ("high2", 0x21, 0.180, 0.5 / 1.2),
+        ("low", 0x23, 0.024, 1 / 1.2),
+    ],
+)
+def test_bh1750_modes(
+    case: tuple[str, int, float, float], board: Board, clock: ManualClock
+) -> None:
+    mode, opcode, wait_s, lux_per_count = case
+    sensor = BH1750(board.bus(1), 0x23, sleep=clock.sleep, mode=mode)  # type: ignore[arg-type]
+    sensor.setup()
+    board.log.clear()
+    clock.sleeps.clear()
+    reading = sensor.read()
+    writes = [t.data for t in board.log if t.kind == "write"]
+    assert writes[-1] == bytes([opcode])
+    assert clock.sleeps == [pytest.approx(wait_s)]
+    assert reading["illuminance_lux"] == pytest.approx(PINNED["illuminance_lux"], abs=lux_per_count)
