@@ -63,7 +63,6 @@ class Board:
         environment: Environment | None = None,
     ) -> None:
         self.name = name
-        self.seed = seed
         self.clock: SimClock = clock or RealClock()
         self.environment = environment or Environment(self.clock.monotonic, seed=seed)
         self._rng = random.Random(0 if seed is None else seed)
@@ -126,11 +125,6 @@ class Board:
                 raise UnknownBackendError(
                     f"mock board {self.name!r} has no chip at i2c-{bus} 0x{address:02x}"
                 ) from None
-
-    def chips(self) -> dict[tuple[int, int], SimChip]:
-        """Every fitted chip by ``(bus, address)``."""
-        with self._lock:
-            return dict(self._chips)
 
     # -- faults -----------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ environment's creation. :meth:`Environment.set` pins the base of any quantity
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import threading
@@ -104,7 +103,3 @@ class Environment:
                 _, _, _, lower, upper = _RANGES[name]
                 values[name] = min(max(value, lower), upper)
         return Conditions(**values)
-
-    def fields(self) -> tuple[str, ...]:
-        """The quantity names."""
-        return tuple(f.name for f in dataclasses.fields(Conditions))
