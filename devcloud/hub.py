@@ -46,6 +46,7 @@ from devcloud.errors import (
     MethodTimeoutError,
     NotFoundError,
 )
+from devcloud.mqtt.codec import MalformedPacket, validate_topic_name
 from devcloud.mqtt.endpoint import (
     CONNACK_ACCEPTED,
     CONNACK_BAD_USERNAME_OR_PASSWORD,
@@ -179,18 +180,23 @@ class HubEndpoint:
         subscribed to methods, :class:`MethodTimeoutError` when it does not answer in time.
         """
         self.registry.get_device(self.name, device_id)
+        rid = format(next(self._rids), "x")
+        topic = f"$iothub/methods/POST/{method_name}/?$rid={rid}"
         if not method_name or "/" in method_name or "?" in method_name:
             raise InvalidRequestError(f"invalid method name {method_name!r}")
+        try:
+            validate_topic_name(topic)  # no wildcards, NUL or invalid UTF-8
+        except MalformedPacket as exc:
+            raise InvalidRequestError(
+                f"invalid method name {method_name!r}: {exc.problem}"
+            ) from exc
         session = self.sessions.get(device_id)
         if session is None or METHODS_FILTER not in session.subscriptions:
             raise DeviceNotOnlineError(f"device {device_id!r} is not online")
-        rid = format(next(self._rids), "x")
         future: asyncio.Future[MethodResponse] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (device_id, future)
         try:
-            session.connection.publish(
-                f"$iothub/methods/POST/{method_name}/?$rid={rid}", json.dumps(payload).encode(), 0
-            )
+            session.connection.publish(topic, json.dumps(payload).encode(), 0)
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             raise MethodTimeoutError(

@@ -4,8 +4,8 @@ Shaped after the Azure DPS and IoT Hub service APIs. Devices live in several hub
 about one device take ``?hub=NAME`` (a hub name or hostname); without it the device is
 looked up in every hub (409 if several hold it). Every error is
 ``{"errorCode", "message", "trackingId"}`` with the matching HTTP status (400 bad request,
-401, 404 unknown, 405 wrong method, 409 conflict, 429, 504 method timeout). Each response
-closes the connection.
+401, 404 unknown, 405 wrong method, 409 conflict, 429, 500 devcloud bug, 504 method
+timeout). Each response closes the connection.
 
 Routes::
 
@@ -62,6 +62,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import re
 import urllib.parse
 import uuid
@@ -95,6 +96,8 @@ from devcloud.render import (
     render_twin,
 )
 from devcloud.telemetry import TelemetryLog
+
+log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -306,6 +309,10 @@ class RestApi:
                 return await handler(request, match)
             except DevCloudError as exc:
                 return Response(exc.status, error_body(exc, self._tracking_id()))
+            except Exception:  # a devcloud bug: answer 500, keep serving
+                log.exception("REST %s %s failed", request.method, request.path)
+                error = DevCloudError(f"internal error in {request.method} {request.path}")
+                return Response(500, error_body(error, self._tracking_id()))
         if allowed:
             error = DevCloudError(f"{request.method} not allowed; use {sorted(set(allowed))}")
             return Response(405, {**error_body(error, self._tracking_id()), "errorCode": 405000})

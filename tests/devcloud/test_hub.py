@@ -12,7 +12,12 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devcloud.errors import DeviceNotOnlineError, MethodTimeoutError, NotFoundError
+from devcloud.errors import (
+    DeviceNotOnlineError,
+    InvalidRequestError,
+    MethodTimeoutError,
+    NotFoundError,
+)
 from devcloud.hub import (
     MAX_MESSAGE_BYTES,
     HubEndpoint,
@@ -330,6 +335,21 @@ def test_method_round_trip_timeout_and_offline(pki: PKI) -> None:
         session.on_disconnect("gone")
         with pytest.raises(DeviceNotOnlineError):
             await asyncio.wait_for(call, 5.0)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "a?b", "a+b", "a#", "x\u0000y", "\udcff"])
+def test_invalid_method_names_are_400_before_anything_is_sent(pki: PKI, name: str) -> None:
+    async def scenario() -> None:
+        hub = make_hub(pki)
+        did = device_id()
+        hub.add_device(did)
+        session, conn = hub.connect(did)
+        session.on_subscribe(METHODS, 0)
+        with pytest.raises(InvalidRequestError, match="invalid method name"):
+            await hub.endpoint.invoke_method(did, name, None, 1.0)
+        assert conn.published == []
 
     asyncio.run(scenario())
 

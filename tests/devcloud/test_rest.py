@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import socket
@@ -242,6 +243,30 @@ def test_errors_are_json_with_status(
     got, answer = raw_request(devcloud, method, path, body)
     assert got == status
     assert isinstance(answer["errorCode"], int) and answer["message"] and answer["trackingId"]
+
+
+def test_a_failing_handler_is_a_500_and_the_api_keeps_serving(devcloud: DevCloudHandle) -> None:
+    def break_hubs(app: DevCloud) -> None:
+        def boom() -> list[dict[str, Any]]:
+            raise RuntimeError("simulated devcloud bug")
+
+        assert app._rest is not None
+        app._rest.s = dataclasses.replace(app._rest.s, describe_hubs=boom)
+
+    devcloud.call(break_hubs)
+    status, answer = raw_request(devcloud, "GET", "/hubs")
+    assert status == 500
+    assert answer["errorCode"] == 500000 and "GET /hubs" in answer["message"]
+    assert devcloud.client.health() is True
+
+
+def test_a_method_name_mqtt_cannot_carry_is_a_400(devcloud: DevCloudHandle) -> None:
+    devcloud.client.create_device("d-name", "hub1")
+    for name in ("a+b", "a#b", "x\u0000y"):
+        body = json.dumps({"methodName": name, "payload": None}).encode()
+        status, answer = raw_request(devcloud, "POST", "/twins/d-name/methods", body)
+        assert (status, answer["errorCode"]) == (400, 400004), answer
+        assert "invalid method name" in answer["message"]
 
 
 def test_malformed_http_gets_400(devcloud: DevCloudHandle) -> None:
