@@ -1,9 +1,10 @@
 """One contract suite over every backend.
 
-Always over the mock backend. Over real hardware when ``DEVICE_AGENT_I2C_BUS``
-names a bus (e.g. ``DEVICE_AGENT_I2C_BUS=1`` on a Pi with sensors attached);
-the hardware case is then collected, otherwise it is not generated at all
-(this machine has no I2C adapter).
+Always over the mock backend, and over the real smbus backend whose ioctl edge is
+:class:`tests.hal.conftest.StubAdapter` on a simulated board. Over real hardware
+when ``DEVICE_AGENT_I2C_BUS`` names a bus (e.g. ``DEVICE_AGENT_I2C_BUS=1`` on a Pi
+with sensors attached); the hardware case is then collected, otherwise it is not
+generated at all (this machine has no I2C adapter).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from hal.backend import Backend, open_backend
 from hal.discovery import PARTS, open_sensors, scan
 from hal.exc import SensorError
 from hal.sensor import UNITS, Sensor
+from hal.sim.boards import build_board
+from hal.smbus_backend import SMBusBackend
+from tests.hal.conftest import StubAdapter
 
 PLAUSIBLE = {
     "temperature_c": (-40.0, 85.0),
@@ -28,7 +32,10 @@ PLAUSIBLE = {
 
 
 def _params() -> list[object]:
-    params: list[object] = [pytest.param(("mock", 1), id="mock")]
+    params: list[object] = [
+        pytest.param(("mock", 1), id="mock"),
+        pytest.param(("smbus-stub", 1), id="smbus-stub"),
+    ]
     bus = os.environ.get("DEVICE_AGENT_I2C_BUS")
     if bus:
         params.append(
@@ -40,7 +47,11 @@ def _params() -> list[object]:
 @pytest.fixture(params=_params())
 def target(request: pytest.FixtureRequest) -> Iterator[tuple[Backend, int]]:
     kind, bus = request.param
-    backend = open_backend(kind)
+    backend: Backend
+    if kind == "smbus-stub":
+        backend = SMBusBackend(smbus_class=StubAdapter(build_board("default")))
+    else:
+        backend = open_backend(kind)
     yield backend, bus
     backend.close()
 

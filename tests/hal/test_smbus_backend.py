@@ -4,21 +4,19 @@ No I2C adapter is needed: a missing ``/dev/i2c-N`` gives ENOENT as on a Pi with
 I2C disabled, and a regular file opened as a bus makes the kernel refuse the
 ``I2C_RDWR`` ioctl (ENOTTY), which must arrive as an :class:`I2CError` with that
 errno. Two smbus2 stand-ins sit at the ioctl edge for the rest: one raises the
-kernel's I2C errnos, the other (like Linux's ``i2c-stub``) carries the real
-``i2c_msg`` structures to a simulated board, so the successful path, messages
-built and read buffers filled, runs through the real backend and drivers.
+kernel's I2C errnos; the other, :class:`tests.hal.conftest.StubAdapter` (like
+Linux's ``i2c-stub``), carries the real ``i2c_msg`` structures to a simulated
+board, so the successful path (messages built, read buffers filled) runs through
+the real backend and drivers.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 from pathlib import Path
 from typing import Any
 
 import pytest
-from smbus2 import i2c_msg
-from smbus2.smbus2 import I2C_M_RD
 
 from hal.backend import open_backend
 from hal.drivers.bme280 import BME280
@@ -27,7 +25,7 @@ from hal.exc import BusUnavailableError, I2CError, InvalidAddressError, UnknownB
 from hal.sim.board import Board
 from hal.sim.clock import ManualClock
 from hal.smbus_backend import SMBusBackend
-from tests.hal.conftest import PINNED
+from tests.hal.conftest import PINNED, StubAdapter
 
 
 def test_open_backend_smbus_opens_nothing_until_asked() -> None:
@@ -116,42 +114,8 @@ def test_kernel_errnos_are_kept(err: int) -> None:
     assert kernel.closed
 
 
-class _StubAdapter:
-    """Stands in for smbus2.SMBus at the ioctl edge, as Linux's i2c-stub does: each
-    ``i2c_msg`` of an ``i2c_rdwr`` goes to a simulated board's bus; read messages get
-    their buffers filled; a failed transfer is the kernel's OSError with its errno."""
-
-    def __init__(self, board: Board, number: int) -> None:
-        self.bus = board.bus(number)
-        self.paths: list[str] = []
-        self.calls: list[list[tuple[int, bool, bytes]]] = []
-
-    def __call__(self, path: str) -> _StubAdapter:
-        self.paths.append(path)
-        return self
-
-    def i2c_rdwr(self, *msgs: i2c_msg) -> None:
-        call: list[tuple[int, bool, bytes]] = []
-        self.calls.append(call)
-        for msg in msgs:
-            reading = bool(msg.flags & I2C_M_RD)
-            try:
-                if reading:
-                    data = self.bus.read(msg.addr, msg.len)
-                    ctypes.memmove(msg.buf, data, msg.len)
-                else:
-                    data = bytes(msg)
-                    self.bus.write(msg.addr, data)
-            except I2CError as exc:
-                raise OSError(exc.errno, "stub adapter") from None
-            call.append((msg.addr, reading, data))
-
-    def close(self) -> None:
-        pass
-
-
 def test_drivers_read_through_the_real_backend(board: Board, clock: ManualClock) -> None:
-    adapter = _StubAdapter(board, 1)
+    adapter = StubAdapter(board)
     backend = SMBusBackend(smbus_class=adapter)
     bme = BME280(backend.bus(1), 0x76, sleep=clock.sleep)
     reading = bme.read()
@@ -177,7 +141,7 @@ def test_drivers_read_through_the_real_backend(board: Board, clock: ManualClock)
 
 
 def test_a_vanished_chip_through_the_real_backend(board: Board, clock: ManualClock) -> None:
-    backend = SMBusBackend(smbus_class=_StubAdapter(board, 1))
+    backend = SMBusBackend(smbus_class=StubAdapter(board))
     sensor = BME280(backend.bus(1), 0x76, sleep=clock.sleep)
     sensor.read()
     board.remove(1, 0x76)
