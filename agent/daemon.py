@@ -64,11 +64,11 @@ from agent import __version__, lifecycle, provisioning
 from agent.config import AgentConfig
 from agent.core import Clock, SystemClock, utc_iso
 from agent.errors import (
-    EX_CONFIG,
     EX_OK,
     EX_SOFTWARE,
     AgentError,
     CertificateInvalidError,
+    ConfigError,
     TransportError,
 )
 from agent.identity import Identity, files_signature, load_in_child
@@ -253,7 +253,7 @@ class Daemon(Router):
             try:
                 build_ssl_context(self._tls(what, identity))
             except TransportError as exc:
-                raise _StartupError(f"{what} TLS settings: {exc}") from exc
+                raise ConfigError(self.config.source, what, f"TLS settings: {exc}") from exc
 
     def _open_hal(self) -> None:
         import hal
@@ -480,12 +480,6 @@ class Daemon(Router):
             self.notifier.close()
         if self.machine is not None:
             log.info("stopped")
-
-
-class _StartupError(AgentError):
-    """TLS files that cannot be loaded: a configuration problem (exit 78)."""
-
-    exit_code = EX_CONFIG
 
 
 def run(

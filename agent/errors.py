@@ -3,7 +3,8 @@
 Leaves also subclass the fitting builtin, so callers that only know Python's
 exceptions still catch them sensibly. Errors carry data, not just text. Library
 exceptions (paho, ssl, cryptography, OSError) are translated at the boundary
-with ``raise ... from exc``. The CLI maps classes to exit codes (see :data:`EXIT_CODES`).
+with ``raise ... from exc``. The CLI exits with the class's ``exit_code`` (78 for
+configuration problems, 1 unless a class says otherwise).
 """
 
 from __future__ import annotations

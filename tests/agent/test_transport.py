@@ -257,12 +257,18 @@ def test_subscribe_and_receive(
         ]
 
 
-def test_server_drop_is_connection_lost(server: ServerThread, device: Issued, pki: PKI) -> None:
+def test_server_drop_is_connection_lost(
+    server: ServerThread, endpoint: RecordingEndpoint, device: Issued, pki: PKI
+) -> None:
     with make_transport(server, device, pki.root_path) as transport:
         connect(transport)
         server.drop("dev-transport", "device disabled")
         (event,) = poll_until(transport, first(ConnectionLost))
         assert isinstance(event, ConnectionLost)
+        # paho's own reconnect is off: nothing happens until the lifecycle asks.
+        assert transport.poll(0.3) == []
+        assert not transport.connected
+        assert endpoint.requests.qsize() == 1
         assert "after connect" in event.reason
         assert not transport.connected
         with pytest.raises(TransportError, match="not connected"):

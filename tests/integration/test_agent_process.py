@@ -125,6 +125,31 @@ def test_unusable_identity_exits_78(tmp_path: Path, cloud: Cloud) -> None:
     assert str(device.key_path) in result.stderr
 
 
+def test_a_server_ca_that_does_not_load_exits_78_naming_config_and_file(
+    tmp_path: Path, cloud: Cloud
+) -> None:
+    device = issue_device(cloud, "dev-badca")
+    config = tmp_path / "agent.toml"
+    write_config(config, cloud, device, state_dir=tmp_path / "state")
+    garbage = tmp_path / "not-a-ca.pem"
+    garbage.write_text("not a certificate\n")
+    head, hub_section = config.read_text().split("[hub]")
+    config.write_text(
+        head + "[hub]" + hub_section.replace(str(cloud.pki.root_path), str(garbage), 1)
+    )
+    result = subprocess.run(
+        [*DEVICE_AGENT, "--config", str(config), "run"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 78, result.stderr
+    assert f"{config}: hub: TLS settings: {garbage}: cannot load the server CA" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert cloud.client.registration_attempts("dev-badca") == 0
+
+
 class NotifySocket:
     """A real AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
 
