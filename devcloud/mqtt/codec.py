@@ -40,6 +40,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from devcloud.errors import DevCloudError
+
 __all__ = [
     "MAX_REMAINING_LENGTH",
     "ConnAck",
@@ -89,8 +91,8 @@ _REQUIRED_FLAGS = {
 _SUBACK_CODES = frozenset({0x00, 0x01, 0x80})
 
 
-class MQTTError(Exception):
-    """Root of every error the MQTT codec and server raise."""
+class MQTTError(DevCloudError):
+    """Root of every error the MQTT codec and the WebSocket layer raise."""
 
 
 class MalformedPacket(MQTTError, ValueError):

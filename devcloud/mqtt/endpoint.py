@@ -35,6 +35,8 @@ from typing import Protocol
 
 from cryptography import x509
 
+from devcloud.errors import DevCloudError
+
 # CONNACK return codes of MQTT 3.1.1.
 CONNACK_ACCEPTED = 0
 CONNACK_UNACCEPTABLE_PROTOCOL = 1
@@ -88,7 +90,7 @@ class Connection(Protocol):
         ...
 
 
-class ProtocolViolation(Exception):
+class ProtocolViolation(DevCloudError, ValueError):
     """Raised by a :class:`DeviceSession` for a packet the service forbids.
 
     The server answers by closing the connection (MQTT 3.1.1 has no other answer).

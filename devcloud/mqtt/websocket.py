@@ -60,12 +60,12 @@ MESSAGE_TOO_BIG = 1009
 class WebSocketError(MQTTError, ValueError):
     """The peer broke RFC 6455 (or MQTT's use of it). Send ``reply``, then close."""
 
-    def __init__(self, problem: str, *, reply: bytes, status: int | None = None) -> None:
+    def __init__(self, problem: str, *, reply: bytes, http_status: int | None = None) -> None:
         self.problem = problem
         #: Bytes to write before closing: an HTTP error response or a close frame.
         self.reply = reply
-        #: The HTTP status when the handshake was refused, else None.
-        self.status = status
+        #: The HTTP status sent when the handshake was refused, else None (a close frame).
+        self.http_status = http_status
         super().__init__(f"websocket: {problem}")
 
 
@@ -333,4 +333,4 @@ class ServerWebSocket:
         response = (
             f"HTTP/1.1 {status} {_REASONS[status]}\r\n{extra}Content-Length: 0\r\n\r\n"
         ).encode("ascii")
-        return WebSocketError(problem, reply=response, status=status)
+        return WebSocketError(problem, reply=response, http_status=status)

@@ -127,7 +127,7 @@ def test_bad_handshakes_get_an_http_error(overrides: dict[str, str | None], stat
     ws = ServerWebSocket(PATH)
     with pytest.raises(WebSocketError) as caught:
         ws.feed(request(**overrides))
-    assert caught.value.status == status
+    assert caught.value.http_status == status
     assert caught.value.reply.startswith(f"HTTP/1.1 {status} ".encode())
     if status == 426:
         assert b"Sec-WebSocket-Version: 13\r\n" in caught.value.reply
@@ -139,14 +139,14 @@ def test_bad_handshakes_get_an_http_error(overrides: dict[str, str | None], stat
 def test_non_http_bytes_are_refused_at_once() -> None:
     with pytest.raises(WebSocketError) as caught:
         ServerWebSocket(PATH).feed(b"\x10\x0c")  # an MQTT CONNECT on the WebSocket port
-    assert caught.value.status == 400
+    assert caught.value.http_status == 400
 
 
 def test_oversized_handshake_is_refused() -> None:
     ws = ServerWebSocket(PATH, max_handshake_size=1024)
     with pytest.raises(WebSocketError) as caught:
         ws.feed(b"GET " + b"x" * 2000)
-    assert caught.value.status == 400
+    assert caught.value.http_status == 400
 
 
 def test_masked_frame_example_from_rfc_as_binary() -> None:
