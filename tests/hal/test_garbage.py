@@ -15,7 +15,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from hal.crc import pack_words
-from hal.discovery import PARTS
+from hal.discovery import PARTS, known_addresses, scan
 from hal.exc import HALError, I2CError
 
 ERRNOS = (errno.EREMOTEIO, errno.ENXIO, errno.EIO, errno.ETIMEDOUT)
@@ -73,3 +73,35 @@ def test_any_bytes_give_a_reading_or_a_hal_error(part: str, data: st.DataObject)
         assert set(reading) == set(sensor.quantities)
         assert all(math.isfinite(v) for v in reading.values()), reading
     sensor.close()
+
+
+class GarbageBackend:
+    """A :class:`hal.backend.Backend` whose only bus is a :class:`GarbageBus`."""
+
+    kind = "garbage"
+    pin_factory = None
+
+    def __init__(self, data: st.DataObject) -> None:
+        self._bus = GarbageBus(data)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        """No time passes."""
+
+    def bus(self, number: int) -> GarbageBus:
+        return self._bus
+
+    def close(self) -> None:
+        pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_a_scan_of_garbage_finds_known_parts_or_raises_a_hal_error(data: st.DataObject) -> None:
+    try:
+        found = scan(GarbageBackend(data), [1])
+    except HALError:
+        return
+    for item in found:
+        assert item.part is None or item.part in PARTS
+        assert item.address in known_addresses() and item.detail
