@@ -424,9 +424,7 @@ class Daemon(Router):
         """What getStatus and status.json report."""
         machine = self.machine
         snap = machine.snapshot() if machine else None
-        errors = dict(self.sensor_errors)
-        if self.hal_error:
-            errors["hal"] = self.hal_error
+        errors = self._device_errors()
         if machine is not None and machine.identity_problem:
             errors["identity"] = machine.identity_problem
         elif snap and snap.last_error:

@@ -118,11 +118,3 @@ class BudgetExhaustedError(AgentError):
         self.retry_at_s = retry_at_s
         when = datetime.fromtimestamp(retry_at_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         super().__init__(f"reprovisioning budget spent; next DPS registration allowed at {when}")
-
-
-class MethodError(AgentError, ValueError):
-    """A direct method request that cannot be honoured; ``status`` is the reply code."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)

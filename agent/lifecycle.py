@@ -122,11 +122,6 @@ class Boot:
     cached: Assignment | None
     reason: str = "first boot: no cached assignment"
 
-    @property
-    def has_cached_hub(self) -> bool:
-        """Whether a later boot can go straight to the hub."""
-        return self.cached is not None
-
 
 @dataclass(frozen=True)
 class ProvisioningSucceeded:

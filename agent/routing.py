@@ -399,9 +399,6 @@ class Router:
     def _reported_context(self) -> ReportedContext:
         machine = self.machine
         assignment = machine.assignment if machine else None
-        errors = dict(self.sensor_errors)
-        if self.hal_error:
-            errors["hal"] = self.hal_error
         return ReportedContext(
             agent_version=__version__,
             hub=assignment.assigned_hub if assignment else "",
@@ -409,8 +406,15 @@ class Router:
             provisioned_at=self.provisioned_at,
             last_reprovision_reason=self.last_reprovision_reason,
             sensors=sensor_infos(self.sensors),
-            errors=errors,
+            errors=self._device_errors(),
         )
+
+    def _device_errors(self) -> dict[str, str]:
+        """The sensors' and the HAL's errors, as the twin and getStatus report them."""
+        errors = dict(self.sensor_errors)
+        if self.hal_error:
+            errors["hal"] = self.hal_error
+        return errors
 
     def _session_actions(self, actions: Sequence[Any]) -> None:
         for action in actions:

@@ -203,11 +203,6 @@ class HubSession:
         topic, payload = wire.format_twin_patch_reported(self._rid(), patch)
         return [Publish(topic, payload, 1, tag=TWIN_TAG)]
 
-    def apply_settings(self, settings: twin.Settings) -> list[SessionAction]:
-        """Settings changed outside the twin (a method): report them."""
-        self.settings = settings
-        return self.report()
-
     # -- internals -----------------------------------------------------------------------------
 
     def _twin_get(self) -> list[SessionAction]:

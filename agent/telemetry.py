@@ -167,11 +167,6 @@ class MemoryQueue:
         self._in_flight.clear()
         return count
 
-    @property
-    def in_flight(self) -> int:
-        """How many messages await their PUBACK."""
-        return len(self._in_flight)
-
     def __len__(self) -> int:
         return len(self._messages)
 

@@ -170,13 +170,6 @@ def _optional_str(obj: Mapping[str, object], key: str, what: str) -> str | None:
     return value
 
 
-def _require_str(obj: Mapping[str, object], key: str, what: str) -> str:
-    value = _optional_str(obj, key, what)
-    if value is None:
-        raise ProtocolError(f"{what}: {key!r} is missing")
-    return value
-
-
 def _optional_object(obj: Mapping[str, object], key: str, what: str) -> Mapping[str, object]:
     value = obj.get(key)
     if value is None:
