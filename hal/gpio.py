@@ -18,6 +18,7 @@ ERROR          0.1 / 0.1    rapid 5 Hz flicker: needs attention
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,11 +110,15 @@ class StatusLed:
             self._pattern = pattern
 
     def close(self) -> None:
-        """Turn the LED off and release the pin; idempotent."""
+        """Turn the LED off and release the pin; idempotent, and the pin is released
+        even if it can no longer be driven."""
+        from gpiozero.exc import GPIOZeroError
+
         with self._lock:
             self._pattern = None
             if not self._led.closed:
-                self._led.off()  # also stops a blink
+                with contextlib.suppress(GPIOZeroError, OSError):
+                    self._led.off()  # also stops a blink
             self._led.close()
 
 

@@ -7,12 +7,14 @@ trigger) necessarily waits past the hold time, bounded.
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from gpiozero.pins.mock import MockPin
 
 from hal.exc import GPIOError, PinUnavailableError
 from hal.gpio import LedPattern, ReprovisionButton, StatusLed, mock_pin_factory
@@ -177,3 +179,29 @@ def test_mock_backend_supplies_a_mock_pin_factory() -> None:
     assert factory.pin(LED_PIN).state
     led.close()
     backend.close()
+
+
+class _FailingPin(MockPin):  # type: ignore[misc]  # gpiozero is untyped
+    """A mock pin whose output driver fails once ``broken`` is set (a damaged GPIO)."""
+
+    broken = False
+
+    def _set_state(self, value: float) -> None:
+        if self.broken:
+            raise OSError(errno.EIO, "pin driver failed")
+        super()._set_state(value)
+
+
+def test_a_pin_that_cannot_be_driven(factory: Any) -> None:
+    pin = factory.pin(LED_PIN, pin_class=_FailingPin)
+    led = StatusLed(LED_PIN, pin_factory=factory)
+    pin.broken = True
+    with pytest.raises(PinUnavailableError, match="cannot drive") as info:
+        led.show(LedPattern.CONNECTED)
+    assert isinstance(info.value.__cause__, OSError)
+    assert led.pattern is None  # not shown
+    led.close()  # does not raise, and still releases the pin
+    with pytest.raises(PinUnavailableError, match="closed"):
+        led.show(LedPattern.CONNECTED)
+    pin.broken = False
+    StatusLed(LED_PIN, pin_factory=factory).close()  # the pin was released: not "in use"
