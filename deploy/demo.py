@@ -45,10 +45,12 @@ class DemoError(Exception):
 
 
 def say(text: str) -> None:
+    """Print one line of the demo's narration, with the seconds since it started."""
     print(f"[{time.monotonic() - STARTED:5.1f}s] {text}", flush=True)
 
 
 def step(title: str) -> None:
+    """Print the heading of the next step."""
     print(f"\n== {title}", flush=True)
 
 
@@ -91,11 +93,13 @@ class Process:
             self._log.flush()
 
     def saw(self, text: str) -> bool:
+        """Whether a line so far contains ``text``; DemoError if the process died without."""
         if self.proc.poll() is not None and not any(text in line for line in self.lines):
             raise DemoError(f"{self.name} exited with {self.proc.returncode}:\n" + self.tail())
         return any(text in line for line in self.lines)
 
     def tail(self, n: int = 15) -> str:
+        """The last ``n`` lines of output, indented, for an error report."""
         return "\n".join(f"    {line}" for line in self.lines[-n:])
 
     def stop(self, timeout_s: float = 15.0) -> int:
@@ -114,6 +118,7 @@ class Process:
 
 
 def write_agent_config(folder: Path, pki_dir: Path, cert: Any) -> Path:
+    """Write the agent's config for devcloud's defaults and the mock HAL; return its path."""
     root = pki_dir / "ca" / "root.pem"
     path = folder / "agent.toml"
     path.write_text(
@@ -167,6 +172,7 @@ level = "INFO"
 
 
 def summarize(message: Any) -> str:
+    """One line for a telemetry message: sequence, hub, timestamp and readings."""
     body = message.json()
     parts = []
     for sensor, values in body.get("readings", {}).items():
@@ -177,6 +183,7 @@ def summarize(message: Any) -> str:
 
 @contextlib.contextmanager
 def processes() -> Iterator[list[Process]]:
+    """A list to add started processes to; whatever still runs at the end is stopped."""
     started: list[Process] = []
     try:
         yield started
@@ -188,6 +195,7 @@ def processes() -> Iterator[list[Process]]:
 
 
 def demo(folder: Path, started: list[Process]) -> None:
+    """Steps 1-6 (see the module docstring) in ``folder``; raises on the first failure."""
     step("1. devcloud (DPS 127.0.0.2:8883, hubs 127.0.0.3 / 127.0.0.4, REST 127.0.0.1:8088)")
     state = folder / "devcloud"
     cloud = Process(
@@ -270,6 +278,7 @@ def _connected_hub(status_path: Path) -> str | None:
 
 
 def main() -> int:
+    """Run the demo in a temporary folder; 0 if every step happened, else 1."""
     with tempfile.TemporaryDirectory(prefix="device-agent-demo-") as tmp, processes() as started:
         folder = Path(tmp)
         try:
