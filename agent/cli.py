@@ -22,11 +22,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from agent import __version__
 from agent.config import AgentConfig, load_config, resolve_config_path
 from agent.errors import EX_CONFIG, EX_FAILURE, EX_OK, EX_SOFTWARE, EX_USAGE, AgentError
+
+if TYPE_CHECKING:
+    from agent.checks import CheckResult  # imported at run time only by `check`
 
 __all__ = ["build_parser", "main"]
 
@@ -267,7 +270,7 @@ def _check(args: argparse.Namespace) -> int:
     return EX_FAILURE if problems else EX_OK
 
 
-def _report(results: list[Any], as_json: bool, path: Path) -> None:
+def _report(results: list[CheckResult], as_json: bool, path: Path) -> None:
     if as_json:
         _print_json({"config": str(path), "results": [r.__dict__ for r in results]})
     else:
@@ -275,7 +278,7 @@ def _report(results: list[Any], as_json: bool, path: Path) -> None:
             _print_result(result)
 
 
-def _print_result(result: Any) -> None:
+def _print_result(result: CheckResult) -> None:
     label = {"ok": " OK ", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}[result.status]
     print(f"[{label}] {result.name:<24} {result.detail}", flush=True)
 
