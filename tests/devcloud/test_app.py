@@ -286,9 +286,14 @@ def test_violations_disconnect(
         "forbidden-topic": ("devices/dev-v/messages/devicebound/", b"{}"),
     }[case]
     since = devcloud.client.last_sequence_number()
-    device.client.publish(topic, payload, 1)
+    device.publish(topic, payload, 1, wait=False)  # the answer is the disconnect
     assert device.wait_disconnected(5)
     assert devcloud.client.telemetry(since) == []
+    # Only that connection paid: the hub still serves, the same device included.
+    again = online(devcloud, mqtt_devices, "hub1", identity, "dev-v")
+    again.publish("devices/dev-v/messages/events/", b"fine")
+    (message,) = devcloud.client.wait_for_telemetry(since=since, device_id="dev-v")
+    assert message.body == b"fine"
 
 
 def test_refused_subscription_gets_0x80(

@@ -31,10 +31,11 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from cryptography import x509
@@ -42,6 +43,8 @@ from cryptography import x509
 from devcloud.app import DevCloudConfig, DevCloudHandle, DevCloudThread, HubSpec
 from devcloud.mqtt.endpoint import ConnectRequest
 from devcloud.pki import PKI, Issued
+
+T = TypeVar("T")
 
 # -- in-memory fakes -----------------------------------------------------------------------
 
@@ -170,6 +173,11 @@ class MqttDevice:
 
     Messages arrive in :attr:`messages` (a queue of ``(topic, payload)``); use
     :meth:`expect` to wait for one matching a topic prefix with a deadline.
+
+    Only the network thread touches the paho client once it runs: paho writes to the
+    TLS socket from whichever thread calls ``publish``, and two threads using one
+    ``SSLSocket`` at once now and then lose the connection. :meth:`subscribe`,
+    :meth:`publish` and :meth:`close` hand their call to that thread.
     """
 
     def __init__(
@@ -229,6 +237,7 @@ class MqttDevice:
         self._started = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._calls: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
 
     @classmethod
     def dps(
@@ -320,20 +329,35 @@ class MqttDevice:
 
     def _run(self) -> None:
         # Our own network loop (not paho's loop_start): it stops within 50 ms, and
-        # paho's reconnect logic never runs.
+        # paho's reconnect logic never runs. Calls handed over run between two loops.
         while not self._stop.is_set():
-            if self.client.loop(timeout=0.05) != 0:
+            while not self._calls.empty():
+                call, result = self._calls.get_nowait()
+                try:
+                    result.set_result(call())
+                except Exception as exc:
+                    result.set_exception(exc)
+            if self.client.loop(timeout=0.01) != 0:
                 self._stop.wait(0.05)
+
+    def _on_network_thread(self, call: Callable[[], T]) -> T:
+        """Run ``call`` on the network thread (directly if none runs) and return its result."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or thread is threading.current_thread():
+            return call()
+        result: Future[T] = Future()
+        self._calls.put((call, result))
+        return result.result(timeout=5.0)
 
     def subscribe(self, topic_filter: str, qos: int = 1, timeout_s: float = 5.0) -> int:
         """Subscribe and return the SUBACK code."""
-        self.client.subscribe(topic_filter, qos)
+        self._on_network_thread(lambda: self.client.subscribe(topic_filter, qos))
         return self.subacks.get(timeout=timeout_s)[0]
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
-        """Publish (and wait for PUBACK when ``qos`` is 1)."""
-        info = self.client.publish(topic, payload, qos)
-        if qos:
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, *, wait: bool = True) -> None:
+        """Publish (and, if ``wait``, wait for PUBACK when ``qos`` is 1)."""
+        info = self._on_network_thread(lambda: self.client.publish(topic, payload, qos))
+        if qos and wait:
             info.wait_for_publish(timeout=5.0)
 
     def expect(self, prefix: str, timeout_s: float = 5.0) -> tuple[str, bytes]:
@@ -357,7 +381,7 @@ class MqttDevice:
     def close(self) -> None:
         """Disconnect and stop the network thread."""
         if self._started:
-            self.client.disconnect()
+            self._on_network_thread(self.client.disconnect)
             self._stop.set()
             if self._thread is not None:
                 self._thread.join(5)
