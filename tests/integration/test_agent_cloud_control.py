@@ -12,7 +12,14 @@ import pytest
 
 from agent import __version__
 from agent.lifecycle import State
-from tests.support.agentcloud import AgentThread, Cloud, issue_device, wait_until, write_config
+from tests.support.agentcloud import (
+    AgentThread,
+    Cloud,
+    issue_device,
+    wait_methods_online,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 DEVICE = "dev-control"
@@ -24,6 +31,7 @@ def agent(cloud: Cloud, tmp_path: Path) -> Iterator[AgentThread]:
     config = write_config(tmp_path / "agent.toml", cloud, device, state_dir=tmp_path / "state")
     with AgentThread(config) as running:
         running.wait_state(State.CONNECTED)
+        wait_methods_online(cloud, DEVICE)
         yield running
         assert running.stop() == 0
 

@@ -9,7 +9,14 @@ import pytest
 
 from agent.lifecycle import State
 from agent.state import STATE_FILE
-from tests.support.agentcloud import AgentThread, Cloud, issue_device, wait_until, write_config
+from tests.support.agentcloud import (
+    AgentThread,
+    Cloud,
+    issue_device,
+    wait_methods_online,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +96,7 @@ def test_reprovision_by_direct_method_moves_the_device(cloud: Cloud, tmp_path: P
     config = write_config(tmp_path / "agent.toml", cloud, device, state_dir=tmp_path / "state")
     with AgentThread(config) as agent:
         agent.wait_state(State.CONNECTED)
+        wait_methods_online(cloud, "dev-method")
         first = connected_hub(agent)
         new = other_hub(cloud, first)
         cloud.client.set_group_allocation("default", "hashed", [new])

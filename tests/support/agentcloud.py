@@ -23,6 +23,7 @@ from agent.config import AgentConfig, load_config
 from agent.daemon import Daemon
 from agent.lifecycle import State
 from devcloud.app import DevCloudConfig, DevCloudHandle, DevCloudThread, HubSpec
+from devcloud.errors import DeviceNotOnlineError
 from devcloud.pki import PKI, Issued
 
 T = TypeVar("T")
@@ -129,6 +130,24 @@ def running_cloud(
 def issue_device(cloud: Cloud, registration_id: str, **kwargs: Any) -> Issued:
     """A device certificate from devcloud's PKI (signed by the intermediate)."""
     return cloud.pki.issue_device(registration_id, **kwargs)
+
+
+def wait_methods_online(cloud: Cloud, device_id: str, *, timeout_s: float = 10.0) -> None:
+    """Wait until ``device_id`` answers direct methods (getStatus, 200).
+
+    The agent is CONNECTED at CONNACK; its method subscription is in place a moment
+    later. Until then the hub, as the real one does, answers a method with 404
+    (device not online).
+    """
+
+    def answered() -> bool:
+        try:
+            status, _ = cloud.client.invoke_method(device_id, "getStatus", None, timeout_s=5)
+        except DeviceNotOnlineError:
+            return False
+        return bool(status == 200)
+
+    wait_until(answered, timeout_s=timeout_s, what=f"{device_id} to answer direct methods")
 
 
 def write_config(
