@@ -256,8 +256,12 @@ def test_serve_end_to_end_and_state_survives(tmp_path: Path, stop_signal: signal
 #: Run inside a private network namespace: ``devcloud serve`` with no configuration at all,
 #: then the CLI with no ``--url``, so the fixed default addresses clash with nothing.
 _DEFAULTS_DRIVER = r"""
-import json, os, signal, subprocess, sys
-subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+import fcntl, json, os, signal, socket, struct, subprocess, sys
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP, IFREQ = 0x8913, 0x8914, 0x1, "16sh14x"
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # "ip link set lo up"
+    current = fcntl.ioctl(probe, SIOCGIFFLAGS, struct.pack(IFREQ, b"lo", 0))
+    flags = struct.unpack(IFREQ, current)[1]
+    fcntl.ioctl(probe, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 serve = subprocess.Popen(
     [sys.executable, "-m", "devcloud", "serve", "--state-dir", sys.argv[1]],
