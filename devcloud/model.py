@@ -109,10 +109,12 @@ class InitialTwin:
     tags: Mapping[str, Any] = field(default_factory=dict)
 
     def to_record(self) -> JsonObject:
+        """This record as the JSON object the store keeps."""
         return {"desired": dict(self.desired), "tags": dict(self.tags)}
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> InitialTwin:
+        """Rebuild from what :meth:`to_record` made (as loaded from the store)."""
         return cls(desired=dict(rec.get("desired") or {}), tags=dict(rec.get("tags") or {}))
 
 
@@ -139,6 +141,7 @@ class EnrollmentGroup:
         return thumbprint_of_pem(self.signing_cert_pem)
 
     def to_record(self) -> JsonObject:
+        """This record as the JSON object the store keeps."""
         return {
             "groupId": self.group_id,
             "signingCertPem": self.signing_cert_pem,
@@ -155,6 +158,7 @@ class EnrollmentGroup:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> EnrollmentGroup:
+        """Rebuild from what :meth:`to_record` made (as loaded from the store)."""
         return cls(
             group_id=rec["groupId"],
             signing_cert_pem=rec["signingCertPem"],
@@ -192,6 +196,7 @@ class IndividualEnrollment:
     updated: str = ""
 
     def to_record(self) -> JsonObject:
+        """This record as the JSON object the store keeps."""
         return {
             "registrationId": self.registration_id,
             "thumbprints": list(self.thumbprints),
@@ -209,6 +214,7 @@ class IndividualEnrollment:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> IndividualEnrollment:
+        """Rebuild from what :meth:`to_record` made (as loaded from the store)."""
         return cls(
             registration_id=rec["registrationId"],
             thumbprints=tuple(rec["thumbprints"]),
@@ -248,6 +254,7 @@ class Device:
         return "enabled" if self.enabled else "disabled"
 
     def to_record(self) -> JsonObject:
+        """This record as the JSON object the store keeps."""
         return {
             "hub": self.hub,
             "deviceId": self.device_id,
@@ -261,6 +268,7 @@ class Device:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Device:
+        """Rebuild from what :meth:`to_record` made (as loaded from the store)."""
         return cls(
             hub=rec["hub"],
             device_id=rec["deviceId"],
@@ -291,6 +299,7 @@ class Twin:
         }
 
     def to_record(self) -> JsonObject:
+        """This record as the JSON object the store keeps."""
         return {
             "desired": dict(self.desired),
             "desiredVersion": self.desired_version,
@@ -301,6 +310,7 @@ class Twin:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Twin:
+        """Rebuild from what :meth:`to_record` made (as loaded from the store)."""
         return cls(
             desired=dict(rec["desired"]),
             desired_version=int(rec["desiredVersion"]),
@@ -332,6 +342,7 @@ class Registration:
     payload: Any = None
 
     def to_record(self) -> JsonObject:
+        """This record as the JSON object the store keeps."""
         return {
             "registrationId": self.registration_id,
             "deviceId": self.device_id,
@@ -347,6 +358,7 @@ class Registration:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> Registration:
+        """Rebuild from what :meth:`to_record` made (as loaded from the store)."""
         return cls(
             registration_id=rec["registrationId"],
             device_id=rec["deviceId"],

@@ -44,12 +44,15 @@ class MemoryStore:
         self._data: dict[str, dict[str, dict[str, Any]]] = {}
 
     def load(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Every record of ``kind``, by key (copies)."""
         return {k: json.loads(json.dumps(v)) for k, v in self._data.get(kind, {}).items()}
 
     def put(self, kind: str, key: str, record: Mapping[str, Any]) -> None:
+        """Insert or replace one record (a JSON round trip, as SQLite would store it)."""
         self._data.setdefault(kind, {})[key] = json.loads(json.dumps(dict(record)))
 
     def delete(self, kind: str, key: str) -> None:
+        """Remove one record (no error if absent)."""
         self._data.get(kind, {}).pop(key, None)
 
     def close(self) -> None:
@@ -72,11 +75,13 @@ class SQLiteStore:
         )
 
     def load(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Every record of ``kind``, by key."""
         with self._lock:
             rows = self._db.execute("SELECT key, value FROM records WHERE kind = ?", (kind,))
             return {key: json.loads(value) for key, value in rows.fetchall()}
 
     def put(self, kind: str, key: str, record: Mapping[str, Any]) -> None:
+        """Insert or replace one record (committed at once)."""
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO records (kind, key, value) VALUES (?, ?, ?)",
@@ -84,9 +89,11 @@ class SQLiteStore:
             )
 
     def delete(self, kind: str, key: str) -> None:
+        """Remove one record (no error if absent)."""
         with self._lock:
             self._db.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
 
     def close(self) -> None:
+        """Close the database connection."""
         with self._lock:
             self._db.close()

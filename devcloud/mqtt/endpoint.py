@@ -67,7 +67,9 @@ class Connection(Protocol):
     """The server-side handle on one live device connection."""
 
     @property
-    def client_id(self) -> str: ...
+    def client_id(self) -> str:
+        """The client id the device sent in CONNECT."""
+        ...
 
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
         """Send a PUBLISH to this connection only, if it is subscribed to ``topic``.
