@@ -119,7 +119,9 @@ def test_any_bytes_in_the_state_file_never_crash(content: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         s = StateStore(Path(tmp), IDENTITY, clock=FakeClock())
         (Path(tmp) / STATE_FILE).write_bytes(content)
-        s.load()
+        assert s.load() is None  # random bytes are never this identity's state
+        assert s.discard_reason is not None
+        assert not (Path(tmp) / STATE_FILE).exists()  # set aside or discarded, not re-read
 
 
 def test_budget_allows_limit_per_window() -> None:
