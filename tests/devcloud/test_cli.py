@@ -264,7 +264,7 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # "ip link set 
     fcntl.ioctl(probe, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 serve = subprocess.Popen(
-    [sys.executable, "-m", "devcloud", "serve", "--state-dir", sys.argv[1]],
+    [sys.executable, "-m", "devcloud", "serve", "--state-dir", *sys.argv[1:]],
     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
 )
 lines = []
@@ -284,11 +284,14 @@ print(json.dumps({"lines": lines, "hubs": hubs.stdout, "group": group.stdout,
 """
 
 
-def test_serve_starts_with_the_defaults(tmp_path: Path) -> None:
-    """``devcloud serve`` with no configuration: the documented addresses, SQLite state."""
+@pytest.mark.parametrize("memory", [False, True])
+def test_serve_starts_with_the_defaults(tmp_path: Path, memory: bool) -> None:
+    """``devcloud serve`` with no configuration: the documented addresses, SQLite state
+    (or, with ``--memory``, none kept)."""
     state = tmp_path / "state"
+    driver = [sys.executable, "-c", _DEFAULTS_DRIVER, str(state), *(["--memory"] * memory)]
     result = subprocess.run(
-        ["unshare", "--net", "--map-root-user", sys.executable, "-c", _DEFAULTS_DRIVER, state],
+        ["unshare", "--net", "--map-root-user", *driver],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -302,7 +305,8 @@ def test_serve_starts_with_the_defaults(tmp_path: Path) -> None:
     assert "devcloud: id scope  0ne00000DEV" in lines
     assert "devcloud: DPS       mqtts://127.0.0.2:8883" in lines
     assert "devcloud: REST      http://127.0.0.1:8088" in lines
-    assert f"devcloud: state     {state / 'devcloud.db'}" in lines
+    where = "in memory" if memory else state / "devcloud.db"
+    assert f"devcloud: state     {where}" in lines
     hubs = {h["name"]: h for h in json.loads(report["hubs"])}
     assert sorted(hubs) == ["hub1", "hub2"]
     assert [(hubs[n]["host"], hubs[n]["port"]) for n in ("hub1", "hub2")] == [
@@ -313,7 +317,8 @@ def test_serve_starts_with_the_defaults(tmp_path: Path) -> None:
     group = json.loads(report["group"])
     assert group["allocationPolicy"] == "hashed"
     assert report["serve_rc"] == 0
-    assert (state / "devcloud.db").is_file()
+    assert (state / "devcloud.db").is_file() is not memory
+    assert (state / "pki" / "ca" / "root.pem").is_file()
 
 
 def test_load_config_full(tmp_path: Path) -> None:
