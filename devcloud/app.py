@@ -113,6 +113,7 @@ class DevCloud:
             id_scope=cfg.id_scope,
             assignment_delay_s=cfg.assignment_delay_s,
             registrations_per_second=cfg.registrations_per_second,
+            is_revoked=self.pki.is_revoked,
         )
         self.hubs: dict[str, HubEndpoint] = {
             h.name: HubEndpoint(
@@ -130,7 +131,7 @@ class DevCloud:
         try:
             self.tls["dps"] = ServerTLS(self.pki, self.registry, "dps", cfg.dps_host)
             dps = MQTTServer(
-                DpsEndpoint(self.provisioner, is_revoked=self.pki.is_revoked),
+                DpsEndpoint(self.provisioner),
                 self.tls["dps"],
                 name="dps",
             )

@@ -3,15 +3,16 @@
 Theory of operation. :class:`DpsEndpoint` implements the server's
 :class:`~devcloud.mqtt.endpoint.Endpoint`: CONNECT is accepted when the username is
 ``{idScope}/registrations/{clientId}/api-version=...`` for devcloud's id scope and the TLS
-leaf's CN is the client id and the leaf is not revoked (else CONNACK 5; a malformed
-username gets 4). Each accepted connection gets a :class:`DpsSession`, which allows one
-subscription, ``$dps/registrations/res/#``, and two requests:
+leaf's CN is the client id (else CONNACK 5; a malformed username gets 4). Each accepted
+connection gets a :class:`DpsSession`, which allows one subscription,
+``$dps/registrations/res/#``, and two requests:
 
 * ``$dps/registrations/PUT/iotdps-register/?$rid=R`` with ``{"registrationId", "payload"}``:
   checked in this order — JSON and registration id (400), throttling (429 with
-  ``retry-after``), enrollment (404 unknown / 401 disabled, see
-  :mod:`devcloud.enrollment_match`) — then answered ``202 {"operationId", "status":
-  "assigning"}`` while an assignment task runs in the background;
+  ``retry-after``), a revoked leaf (401; see :mod:`devcloud.tls`), enrollment (404
+  unknown / 401 disabled, see :mod:`devcloud.enrollment_match`) — then answered
+  ``202 {"operationId", "status": "assigning"}`` while an assignment task runs in the
+  background;
 * ``$dps/registrations/GET/iotdps-get-operationstatus/?$rid=R&operationId=O``: 202
   ``assigning`` until the task is done (it first waits the configured assignment delay),
   then 200 with ``status`` ``assigned`` + ``registrationState``, or ``failed`` with
@@ -48,6 +49,7 @@ from devcloud.errors import (
     InvalidRequestError,
     NotFoundError,
     ThrottledError,
+    UnauthorizedError,
 )
 from devcloud.model import Enrollment, JsonObject, Registration
 from devcloud.mqtt.endpoint import (
@@ -119,8 +121,10 @@ class Provisioner:
         registrations_per_second: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        is_revoked: RevocationCheck | None = None,
     ) -> None:
         self.registry = registry
+        self.is_revoked = is_revoked
         self.assigner = assigner
         self.id_scope = id_scope
         self.assignment_delay_s = assignment_delay_s
@@ -156,6 +160,8 @@ class Provisioner:
         wait_s = self.limiter.acquire()
         if wait_s is not None:
             raise ThrottledError("registrations are being throttled", retry_after_s=wait_s)
+        if chain and self.is_revoked is not None and self.is_revoked(chain[0]):
+            raise UnauthorizedError("the device certificate is revoked")
         enrollment = match_enrollment(
             registration_id, chain, self.registry.enrollments(), self.registry.groups()
         )
@@ -259,11 +265,8 @@ class Provisioner:
 class DpsEndpoint:
     """The DPS :class:`~devcloud.mqtt.endpoint.Endpoint`."""
 
-    def __init__(
-        self, provisioner: Provisioner, *, is_revoked: RevocationCheck | None = None
-    ) -> None:
+    def __init__(self, provisioner: Provisioner) -> None:
         self.provisioner = provisioner
-        self.is_revoked = is_revoked
 
     def authenticate(
         self, request: ConnectRequest, connection: Connection
@@ -274,7 +277,7 @@ class DpsEndpoint:
             return CONNACK_BAD_USERNAME_OR_PASSWORD, None
         if parts[0] != self.provisioner.id_scope or parts[2] != request.client_id:
             return CONNACK_NOT_AUTHORIZED, None
-        if not leaf_accepted(request.cert_chain, request.client_id, self.is_revoked):
+        if not leaf_accepted(request.cert_chain, request.client_id, None):
             return CONNACK_NOT_AUTHORIZED, None
         return CONNACK_ACCEPTED, DpsSession(self.provisioner, request, connection)
 

@@ -49,9 +49,10 @@ def leaf_accepted(
 ) -> bool:
     """Whether the verified chain's leaf names ``client_id`` as its CN and is not revoked.
 
-    Both endpoints answer CONNACK 5 otherwise. The revocation check repeats the TLS
-    layer's for devcloud's own CAs, and is the only one while a foreign CA is trusted
-    (see :mod:`devcloud.tls`).
+    Both endpoints answer CONNACK 5 otherwise (DPS passes no ``is_revoked``: it answers a
+    revoked leaf's register request with 401, as Azure does). The revocation check
+    repeats the TLS layer's for devcloud's own CAs, and is the only one while a foreign
+    CA is trusted (see :mod:`devcloud.tls`).
     """
     if not chain or common_name(chain[0]) != client_id:
         return False

@@ -14,10 +14,11 @@ devcloud root and intermediate plus every enrollment group's signing certificate
 PKI's CRLs with ``VERIFY_CRL_CHECK_LEAF``, so a revoked device fails the handshake.
 OpenSSL then insists on a CRL from the leaf's issuer, which only devcloud's own CAs
 have: while an enrollment group names a foreign CA, CRL checking is left off here (devices
-of foreign CAs would all fail otherwise). Revocation is then enforced one step later: the
-DPS and hub endpoints check the leaf against devcloud's CRLs at CONNECT
-(:func:`devcloud.enrollment_match.leaf_accepted`) and answer CONNACK 5, as the real
-services refuse such a device. Foreign CAs' revocation lists are not known to devcloud.
+of foreign CAs would all fail otherwise). Revocation is then enforced one step later, the
+way the real services answer a device they refuse: a hub checks the leaf against
+devcloud's CRLs at CONNECT (:func:`devcloud.enrollment_match.leaf_accepted`, CONNACK 5)
+and DPS answers the register request 401. Foreign CAs' revocation lists are unknown to
+devcloud.
 """
 
 from __future__ import annotations
