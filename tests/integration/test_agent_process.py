@@ -43,18 +43,6 @@ def agent_process(process_config: Path, tmp_path: Path) -> Iterator[subprocess.P
         log.close()
 
 
-#: Issue 3's budget for the connected daemon with the mock HAL (x86-64).
-RSS_BUDGET_MIB = 30.0
-
-
-def resident_mib(pid: int) -> float:
-    """VmRSS of ``pid`` from /proc, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def live_status(tmp_path: Path) -> dict[str, object]:
     path = tmp_path / "state" / "status.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -70,10 +58,8 @@ def test_sigterm_stops_cleanly_with_exit_0_and_few_threads(
     )
     cloud.client.wait_for_telemetry(device_id="dev-process", count=2, timeout_s=10)
     threads = len(os.listdir(f"/proc/{agent_process.pid}/task"))
-    assert threads <= 3
-    rss_mib = resident_mib(agent_process.pid)
-    print(f"agent RSS while connected: {rss_mib:.1f} MiB")
-    assert rss_mib < RSS_BUDGET_MIB
+    assert threads <= 3  # structural: the main loop, plus at most gpiozero's two
+    # The memory budget (RSS < 30 MiB) is measured in bench/, not asserted here.
     status = subprocess.run(
         [*DEVICE_AGENT, "--config", str(process_config), "status", "--json"],
         capture_output=True,
