@@ -61,11 +61,6 @@ def utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_iso(text: str) -> datetime:
-    """Inverse of :func:`utc_iso`."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def thumbprint_of_pem(pem: str) -> str:
     """SHA-256 thumbprint (upper-case hex) of the first certificate in ``pem``."""
     from cryptography import x509
