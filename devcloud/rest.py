@@ -63,6 +63,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import re
 import urllib.parse
 import uuid
@@ -136,14 +137,17 @@ class Request:
             raise InvalidRequestError("the request body is not JSON") from None
 
     def number(self, name: str, default: float) -> float:
-        """A numeric query parameter."""
+        """A numeric query parameter (finite; :class:`InvalidRequestError` otherwise)."""
         raw = self.query.get(name)
         if raw is None or raw == "":
             return default
         try:
-            return float(raw)
+            value = float(raw)
         except ValueError:
-            raise InvalidRequestError(f"query parameter {name!r} must be a number") from None
+            value = math.nan
+        if not math.isfinite(value):
+            raise InvalidRequestError(f"query parameter {name!r} must be a finite number")
+        return value
 
 
 @dataclass(frozen=True)

@@ -235,6 +235,10 @@ def test_telemetry_long_poll_and_follow(devcloud: DevCloudHandle) -> None:
         ("PATCH", "/twins/x", b"{}", 404),
         ("POST", "/twins/x/methods", b"{}", 404),
         ("GET", "/telemetry?since=abc", None, 400),
+        ("GET", "/telemetry?since=inf", None, 400),
+        ("GET", "/telemetry?since=nan", None, 400),
+        ("GET", "/telemetry?wait=nan", None, 400),
+        ("GET", "/telemetry?follow=1&timeout=-inf", None, 400),
     ],
 )
 def test_errors_are_json_with_status(
