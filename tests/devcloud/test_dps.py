@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -546,12 +547,16 @@ def test_custom_allocation_failures_end_in_status_failed(pki: PKI) -> None:
 class _Webhook(BaseHTTPRequestHandler):
     requests: list[dict[str, Any]] = []
     answer: dict[str, Any] = {}
+    #: When set, sent as the body instead of ``answer``.
+    raw: bytes | None = None
+    status = 200
 
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         type(self).requests.append(json.loads(self.rfile.read(length)))
-        data = json.dumps(type(self).answer).encode()
-        self.send_response(200)
+        raw = type(self).raw
+        data = raw if raw is not None else json.dumps(type(self).answer).encode()
+        self.send_response(type(self).status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -566,7 +571,7 @@ def webhook() -> Iterator[str]:
     server = HTTPServer(("127.0.0.1", 0), _Webhook)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    _Webhook.requests = []
+    _Webhook.requests, _Webhook.raw, _Webhook.status = [], None, 200
     yield f"http://127.0.0.1:{server.server_address[1]}/allocate?code=x"
     server.shutdown()
     server.server_close()
@@ -604,6 +609,58 @@ def test_custom_allocation_through_a_webhook(pki: PKI, webhook: str) -> None:
         _Webhook.answer = {"no": "hub"}
         _, body = await dps.register(regid())
         assert body["status"] == "failed"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("http-500", "answered HTTP 500"),
+        ("not-json", "webhook failed"),
+        ("not-an-object", "lacks a string 'iotHubHostName'"),
+        ("unlinked-hub", "not one of the linked hubs"),
+        ("twin-not-an-object", "'initialTwin' must be an object"),
+        ("unreachable", "webhook failed"),
+    ],
+)
+def test_a_failing_webhook_ends_in_status_failed(
+    pki: PKI, webhook: str, case: str, message: str
+) -> None:
+    _Webhook.answer = {"iotHubHostName": HOSTS["hub1"]}
+    if case == "http-500":
+        _Webhook.status = 500
+    elif case == "not-json":
+        _Webhook.raw = b"<html>oops</html>"
+    elif case == "not-an-object":
+        _Webhook.raw = b"[1, 2]"
+    elif case == "unlinked-hub":
+        _Webhook.answer = {"iotHubHostName": "elsewhere.example"}
+    elif case == "twin-not-an-object":
+        _Webhook.answer = {"iotHubHostName": HOSTS["hub1"], "initialTwin": [1]}
+    url = webhook
+    if case == "unreachable":
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{closed.getsockname()[1]}/allocate"
+
+    async def scenario() -> None:
+        dps = make_dps(pki)
+        dps.registry.put_group(
+            EnrollmentGroup(
+                "default",
+                pem(pki.intermediate),
+                allocation=AllocationPolicy.CUSTOM,
+                webhook_url=url,
+            )
+        )
+        rid = regid()
+        topic, body = await dps.register(rid)
+        assert topic.startswith("$dps/registrations/res/200/")
+        state = body["registrationState"]
+        assert (body["status"], state["errorCode"]) == ("failed", 400207)
+        assert message in state["errorMessage"]
+        assert dps.registry.devices() == []
 
     asyncio.run(scenario())
 
