@@ -1,19 +1,17 @@
 """devcloud's real MQTT/TLS server on loopback, in a thread, with a recording endpoint.
 
 For transport tests: the endpoint answers CONNECT with a chosen CONNACK code, grants
-subscriptions, records device publishes, and lets a test publish to or drop a device.
-Everything a test waits for is awaited with a deadline, never slept for.
+subscriptions, records device publishes (in queues a test reads with a deadline), and
+lets a test publish to or drop a device. The server thread itself is the one of
+:mod:`tests.support.mqtt_server`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import ssl
-import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from devcloud.mqtt.endpoint import (
     CONNACK_ACCEPTED,
@@ -21,10 +19,8 @@ from devcloud.mqtt.endpoint import (
     ConnectRequest,
     DeviceSession,
 )
-from devcloud.mqtt.server import MQTTServer
 from devcloud.pki import PKI, Issued
-
-_T = TypeVar("_T")
+from tests.support import mqtt_server
 
 
 @dataclass
@@ -75,38 +71,21 @@ def server_context(pki: PKI, server: Issued) -> Callable[[], ssl.SSLContext]:
     return make
 
 
-class ServerThread:
-    """An :class:`MQTTServer` on its own event loop in one background thread."""
+class ServerThread(mqtt_server.ServerThread):
+    """devcloud's server thread (:mod:`tests.support.mqtt_server`), started on ``host``,
+    with the two server-side actions transport tests need: publish to a device, drop it."""
 
     def __init__(self, endpoint: RecordingEndpoint, tls: Callable[[], ssl.SSLContext]) -> None:
+        super().__init__(endpoint, tls, name="test-mqtt", handshake_timeout_s=5.0)
         self.endpoint = endpoint
-        self.server = MQTTServer(endpoint, tls, name="test-mqtt", handshake_timeout_s=5.0)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="test-mqtt-server")
 
-    def start(self, host: str = "127.0.0.1") -> ServerThread:
-        self._thread.start()
-        self.run(self.server.start(host, 0, ws_port=0))
+    def start(self, host: str = mqtt_server.LOOPBACK) -> ServerThread:
+        self._host = host
+        self.__enter__()
         return self
 
-    def run(self, coroutine: Coroutine[Any, Any, _T], timeout_s: float = 10.0) -> _T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
-
-    def call(self, function: Callable[[], _T], timeout_s: float = 10.0) -> _T:
-        async def wrapper() -> _T:
-            return function()
-
-        return self.run(wrapper(), timeout_s)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.server.address
-
-    @property
-    def ws_address(self) -> tuple[str, int]:
-        address = self.server.ws_address
-        assert address is not None
-        return address
+    def stop(self) -> None:
+        self.__exit__(None, None, None)
 
     def publish_to(self, client_id: str, topic: str, payload: bytes, qos: int = 1) -> None:
         def send() -> None:
@@ -123,11 +102,3 @@ class ServerThread:
             connection.close(reason)
 
         self.call(close)
-
-    def stop(self) -> None:
-        try:
-            self.run(self.server.stop())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10.0)
-            self._loop.close()

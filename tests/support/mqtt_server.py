@@ -74,16 +74,18 @@ class ServerThread:
         tls: Callable[[], ssl.SSLContext],
         *,
         websockets: bool = True,
+        host: str = LOOPBACK,
         **options: Any,
     ) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server = MQTTServer(endpoint, tls, **options)
         self._websockets = websockets
+        self._host = host
 
     def __enter__(self) -> ServerThread:
         self._thread.start()
-        self.run(self.server.start(LOOPBACK, 0, 0 if self._websockets else None))
+        self.run(self.server.start(self._host, 0, 0 if self._websockets else None))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
