@@ -40,9 +40,13 @@ timer and whenever the identity files change (inode/size/mtime, polled every
 its validity window is fed to the lifecycle as IdentityInvalid, so an expiry while
 running waits instead of walking hub -> DPS -> DPS. The keystore's checks run in a
 short-lived child (:func:`agent.identity.load_in_child`), so ``cryptography`` never
-loads here. A HAL that cannot open degrades to no sensors, reported in the twin and
-status; a state directory that cannot be written is logged and the agent carries on
-from memory; a wiring bug (an event the lifecycle refuses) is logged, never fatal.
+loads here; at start the child is skipped when the identity cache in the state
+directory still matches the files, the config and the clock
+(:func:`agent.identity.load_cached_identity`), and rewritten after each child check.
+IDENTITY_WAIT re-checks always run the child. A HAL that cannot open degrades to no
+sensors, reported in the twin and status; a state directory that cannot be written is
+logged and the agent carries on from memory; a wiring bug (an event the lifecycle
+refuses) is logged, never fatal.
 """
 
 from __future__ import annotations
@@ -71,7 +75,13 @@ from agent.errors import (
     ConfigError,
     TransportError,
 )
-from agent.identity import Identity, files_signature, load_in_child
+from agent.identity import (
+    Identity,
+    files_signature,
+    load_cached_identity,
+    load_in_child,
+    save_identity_cache,
+)
 from agent.routing import (
     EFFECT_TIMER,
     IDENTITY_FILES_TIMER,
@@ -126,6 +136,8 @@ class Daemon(Router):
         self.session: HubSession | None = None
         self.identity: Identity | None = None
         self._identity_files: tuple[tuple[int, int, int, int], ...] = ()
+        #: Checked by the child, not yet written to the identity cache.
+        self._identity_to_cache: Identity | None = None
         self.store: StateStore | None = None
         self.machine: lifecycle.Lifecycle | None = None
         self.sensors: list[Any] = []
@@ -172,7 +184,7 @@ class Daemon(Router):
         cfg = self.config
         problem: str | None = None
         try:
-            identity: Identity | None = self._load_identity()
+            identity: Identity | None = self._load_identity(use_cache=True)
         except CertificateInvalidError as exc:
             # Not a configuration error: wait (running) until the certificate is usable.
             identity, problem = None, str(exc)
@@ -210,12 +222,25 @@ class Daemon(Router):
             self._feed(lifecycle.Boot(cached.assignment if cached else None, reason=reason))
         self._start_timer(SAMPLE_TIMER, 0.0)
 
-    def _load_identity(self) -> Identity:
-        """Run the keystore's checks (in a child process) and remember the files' signature."""
+    def _load_identity(self, *, use_cache: bool = False) -> Identity:
+        """Run the keystore's checks (in a child process) and remember the files' signature.
+
+        ``use_cache``: take the identity cache instead if it still fully holds.
+        """
         cfg = self.config
         self._identity_files = files_signature(cfg.identity)
         now = datetime.fromtimestamp(self.clock.time(), UTC)
+        self._identity_to_cache = None
+        if use_cache:
+            cached, why = load_cached_identity(cfg.state.directory, cfg.identity, now=now)
+            if cached is not None:
+                log.info("identity from cache (%s): keystore check child skipped", why)
+                for warning in cached.warnings:
+                    log.warning("identity: %s", warning)
+                return cached
+            log.info("identity cache not used (%s): running the keystore check child", why)
         identity = load_in_child(cfg.identity, config_path=cfg.source, now=now)
+        self._identity_to_cache = identity
         for warning in identity.warnings:
             log.warning("identity: %s", warning)
         return identity
@@ -225,6 +250,14 @@ class Daemon(Router):
         cfg = self.config
         self.identity = identity
         assert self.store is not None
+        if self._identity_to_cache is identity:
+            self._identity_to_cache = None
+            try:
+                save_identity_cache(
+                    cfg.state.directory, cfg.identity, identity, self._identity_files
+                )
+            except OSError as exc:
+                log.warning("could not write the identity cache: %s", exc)
         self.store.bind(
             IdentityFingerprint(
                 cfg.dps.host, cfg.dps.id_scope, identity.registration_id, identity.thumbprint

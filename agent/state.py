@@ -25,6 +25,10 @@ power cut leaves either the old or the new file, never half of one:
 ``status.json``
     The running daemon's live status, rewritten on each lifecycle change, read by
     ``device-agent status`` (no socket server needed).
+``identity-cache.json``
+    Owned by :mod:`agent.identity`: the identity as the last full keystore check
+    found it, so a warm boot with unchanged files needs no check child. Only its
+    name lives here, so that ``image-prep`` (:func:`strip_state`) removes it too.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ SCHEMA_VERSION = 1
 STATE_FILE = "state.json"
 BUDGET_FILE = "reprovision-budget.json"
 STATUS_FILE = "status.json"
+#: Written by :mod:`agent.identity` (the identity checked at the last full check).
+IDENTITY_CACHE_FILE = "identity-cache.json"
 #: How many ``*.corrupt-*`` copies to keep per file.
 KEEP_CORRUPT_COPIES = 3
 #: A recorded time further than this in the future means the clock went back.
@@ -392,7 +398,8 @@ def strip_state(state_dir: Path) -> list[Path]:
         return removed
     for path in sorted(state_dir.iterdir()):
         if path.is_file() and (
-            path.name in (STATE_FILE, BUDGET_FILE, STATUS_FILE) or ".corrupt-" in path.name
+            path.name in (STATE_FILE, BUDGET_FILE, STATUS_FILE, IDENTITY_CACHE_FILE)
+            or ".corrupt-" in path.name
         ):
             path.unlink()
             removed.append(path)
