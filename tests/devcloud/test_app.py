@@ -26,7 +26,7 @@ from tests.support.devcloud import (
     mqtt_devices_fixture,  # noqa: F401
     running_devcloud,
 )
-from tests.support.mqtt_server import wait_until
+from tests.support.waiting import wait_until
 
 
 def provision(

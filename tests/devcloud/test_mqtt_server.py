@@ -36,8 +36,8 @@ from tests.support.mqtt_server import (
     ServerThread,
     refused_at_tls,
     server_tls_factory,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

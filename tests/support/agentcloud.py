@@ -4,7 +4,8 @@ Each :class:`Cloud` takes its own 127.x.y.z addresses (DPS .2, hubs .3 and .4, R
 and one free port shared by DPS and both hubs (the agent's config has one hub port for
 every hub, as Azure does), so nothing clashes with another test or devcloud's defaults.
 :class:`AgentThread` runs :class:`agent.daemon.Daemon` in a thread of the test process;
-:func:`wait_until` polls a condition against a deadline (no fixed sleeps).
+:func:`wait_until` (from :mod:`tests.support.waiting`) polls a condition against a
+deadline (no fixed sleeps).
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import contextlib
 import random
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from agent.config import AgentConfig, load_config
 from agent.daemon import Daemon
@@ -25,28 +25,7 @@ from agent.lifecycle import State
 from devcloud.app import DevCloudConfig, DevCloudHandle, DevCloudThread, HubSpec
 from devcloud.errors import DeviceNotOnlineError
 from devcloud.pki import PKI, Issued
-
-T = TypeVar("T")
-
-
-def wait_until(
-    predicate: Callable[[], T | bool | None],
-    *,
-    timeout_s: float = 10.0,
-    what: str = "condition",
-    interval_s: float = 0.02,
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    for _ in range(int(timeout_s / interval_s) + 10):
-        last = predicate()
-        if last:
-            return last  # type: ignore[return-value]
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+from tests.support.waiting import wait_until
 
 
 def free_port(host: str) -> int:

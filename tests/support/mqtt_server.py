@@ -15,7 +15,6 @@ import queue
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,15 +50,6 @@ def client_tls_context(ca_path: Path, identity: Issued | None) -> ssl.SSLContext
     if identity is not None:
         context.load_cert_chain(identity.chain_path, identity.key_path)
     return context
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
-    """Poll ``predicate`` until true; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(0.01)
 
 
 # --- the server side ---------------------------------------------------------------------
