@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import IdentityConfig
 from agent.errors import CertificateInvalidError, KeyPermissionError, KeystoreError
 from agent.identity import (
     files_signature,
@@ -17,7 +16,8 @@ from agent.identity import (
     load_in_child,
 )
 from agent.keystore import open_keystore
-from devcloud.pki import PKI, Issued
+from devcloud.pki import PKI
+from tests.support.identity import config_for
 
 CONFIG = Path("/etc/device-agent/agent.toml")
 
@@ -25,16 +25,6 @@ CONFIG = Path("/etc/device-agent/agent.toml")
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return PKI.create(tmp_path_factory.mktemp("pki"))
-
-
-def config_for(issued: Issued, pki: PKI, **overrides: object) -> IdentityConfig:
-    fields: dict[str, object] = {
-        "cert_chain_path": issued.chain_path,
-        "key_path": issued.key_path,
-        "trust_anchor_paths": (pki.root_path,),
-    }
-    fields.update(overrides)
-    return IdentityConfig(**fields)  # type: ignore[arg-type]
 
 
 def test_child_loads_the_same_identity_as_the_keystore(pki: PKI, tmp_path: Path) -> None:

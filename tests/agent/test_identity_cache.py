@@ -25,7 +25,8 @@ from agent.identity import (
     save_identity_cache,
 )
 from agent.state import IDENTITY_CACHE_FILE, strip_state
-from devcloud.pki import PKI, Issued
+from devcloud.pki import PKI
+from tests.support.identity import config_for
 
 CONFIG = Path("/etc/device-agent/agent.toml")
 PASSPHRASE = b"c4che-s3cret"
@@ -34,16 +35,6 @@ PASSPHRASE = b"c4che-s3cret"
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return PKI.create(tmp_path_factory.mktemp("pki"))
-
-
-def config_for(issued: Issued, pki: PKI, **overrides: object) -> IdentityConfig:
-    fields: dict[str, object] = {
-        "cert_chain_path": issued.chain_path,
-        "key_path": issued.key_path,
-        "trust_anchor_paths": (pki.root_path,),
-    }
-    fields.update(overrides)
-    return IdentityConfig(**fields)  # type: ignore[arg-type]
 
 
 def checked(config: IdentityConfig, state_dir: Path) -> Identity:
