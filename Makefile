@@ -7,7 +7,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the demo need. Installed only when missing, only as root.
-SYSTEM_PACKAGES := python3-venv python3-dev python3-wheel-whl gcc openssl ca-certificates systemd
+# One concern a line, so that features add their own packages without touching others'.
+SYSTEM_PACKAGES := python3-venv python3-dev python3-wheel-whl gcc
+SYSTEM_PACKAGES += openssl ca-certificates
+SYSTEM_PACKAGES += systemd
 APT := apt-get -o DPkg::Lock::Timeout=300 -y -q
 
 .PHONY: all demo test lint typecheck pytest sysdeps venv clean
