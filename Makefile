@@ -41,6 +41,7 @@ venv: $(VENV)/.installed
 lint: venv
 	$(VENV)/bin/ruff check agent hal devcloud tests bench deploy
 	$(VENV)/bin/ruff format --check agent hal devcloud tests bench deploy
+	$(VENV)/bin/lint-imports
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -1,5 +1,5 @@
 """``python -m agent``: the same as the ``device-agent`` command."""
 
-from agent.cli import main
+from agent.cli.main import main
 
 raise SystemExit(main())

@@ -118,7 +118,7 @@ class HubConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class LifecycleConfig:
-    """Retry and reprovisioning policy (see :mod:`agent.lifecycle`)."""
+    """Retry and reprovisioning policy (see :mod:`agent.core.lifecycle`)."""
 
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 300.0
@@ -162,7 +162,7 @@ class HalConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class LogConfig:
-    """Logging (see :mod:`agent.logs`)."""
+    """Logging (see :mod:`agent.runtime.logs`)."""
 
     level: str = "INFO"
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.backoff import Backoff, BackoffPolicy, full_jitter
+from agent.core.backoff import Backoff, BackoffPolicy, full_jitter
 
 
 def test_ceiling_doubles_then_caps() -> None:

@@ -154,8 +154,8 @@ def test_status_without_daemon_or_state(tmp_path: Path, pki: PKI, device: Issued
 
 
 def test_status_of_a_running_daemon(tmp_path: Path, pki: PKI, device: Issued) -> None:
-    from agent.core import SystemClock
-    from agent.state import IdentityFingerprint, StateStore
+    from agent.core.clock import SystemClock
+    from agent.store.state import IdentityFingerprint, StateStore
 
     config = write_config(tmp_path, pki, device)
     fingerprint = IdentityFingerprint(HOST, "0ne00000DEV", "dev-cli", device.thumbprint)
@@ -256,13 +256,13 @@ def test_a_bug_is_a_traceback_and_exit_70(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import agent.state
-    from agent.cli import main
+    import agent.store.status
+    from agent.cli.main import main
 
     def broken(state_dir: Path) -> dict[str, object]:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(agent.state, "read_status", broken)
+    monkeypatch.setattr(agent.store.status, "read_status", broken)
     config = write_config(tmp_path, pki, device)
     assert main(["--config", str(config), "status"]) == EX_SOFTWARE
     err = capsys.readouterr().err
@@ -362,7 +362,7 @@ def test_run_under_systemd_notify_protocol(tmp_path: Path, pki: PKI, device: Iss
 # from systemd (or a second Ctrl-C) used to kill the exiting CLI with -15.
 SIGNALS_AFTER_MAIN = """
 import os, signal, sys
-from agent.cli import main
+from agent.cli.main import main
 code = main(sys.argv[1:])
 os.kill(os.getpid(), signal.SIGTERM)
 os.kill(os.getpid(), signal.SIGINT)

@@ -1,4 +1,4 @@
-"""agent.identity: the keystore's checks in a child process, with real certificates."""
+"""agent.identity.child: the keystore's checks in a child process, with real certificates."""
 
 from __future__ import annotations
 
@@ -9,13 +9,9 @@ from pathlib import Path
 import pytest
 
 from agent.errors import CertificateInvalidError, KeyPermissionError, KeystoreError
-from agent.identity import (
-    files_signature,
-    identity_from_json,
-    identity_to_json,
-    load_in_child,
-)
-from agent.keystore import open_keystore
+from agent.identity.cache import files_signature
+from agent.identity.child import identity_from_json, identity_to_json, load_in_child
+from agent.identity.keystore import open_keystore
 from devcloud.pki import PKI
 from tests.support.identity import config_for
 

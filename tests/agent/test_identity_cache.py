@@ -1,4 +1,4 @@
-"""agent.identity's cache: a warm boot skips the keystore child only if nothing changed.
+"""agent.identity.cache: a warm boot skips the keystore child only if nothing changed.
 
 Real certificates from devcloud's PKI, checked once by the real child; the cache is
 then probed with every change that must make it answer None.
@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 
 from agent.config import IdentityConfig
-from agent.identity import (
+from agent.identity.cache import (
     CACHE_EXPIRY_MARGIN,
-    Identity,
     files_signature,
     load_cached_identity,
-    load_in_child,
     save_identity_cache,
 )
-from agent.state import IDENTITY_CACHE_FILE, strip_state
+from agent.identity.child import load_in_child
+from agent.identity.keystore import Identity
+from agent.store.files import IDENTITY_CACHE_FILE
+from agent.store.status import strip_state
 from devcloud.pki import PKI
 from tests.support.identity import config_for
 
@@ -148,7 +149,7 @@ def test_the_cache_holds_only_inside_the_validity_window_less_the_warning_margin
 
 
 def test_the_margin_is_the_keystores_expiry_warning() -> None:
-    from agent.keystore import EXPIRY_WARNING
+    from agent.identity.file_keystore import EXPIRY_WARNING
 
     assert CACHE_EXPIRY_MARGIN == EXPIRY_WARNING
 

@@ -1,4 +1,4 @@
-"""agent.keystore with real certificates from devcloud's PKI."""
+"""agent.identity.file_keystore with real certificates from devcloud's PKI."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from agent.errors import (
     KeyPermissionError,
     KeystoreError,
 )
-from agent.keystore import FileKeystore, Identity, Keystore, open_keystore
+from agent.identity.file_keystore import FileKeystore
+from agent.identity.keystore import Identity, Keystore, open_keystore
 from devcloud.pki import PKI, Issued
 
 CONFIG = Path("/etc/device-agent/agent.toml")

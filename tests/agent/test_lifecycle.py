@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import LifecycleConfig
-from agent.core import CancelTimer, StartTimer
-from agent.errors import ProvisioningError, TransportError
-from agent.lifecycle import (
+from agent.core.actions import CancelTimer, StartTimer
+from agent.core.budget import ReprovisionBudget
+from agent.core.lifecycle import (
     EVENT_TYPES,
     IDENTITY_RECHECK_CAP_S,
     STABLE_CONNECTION_S,
@@ -48,8 +48,8 @@ from agent.lifecycle import (
     render_mermaid,
     unreachable_states,
 )
-from agent.provisioning import Assignment
-from agent.state import ReprovisionBudget
+from agent.core.provisioning import Assignment
+from agent.errors import ProvisioningError, TransportError
 from tests.support.fakeclock import FakeClock
 
 HUB_A = Assignment("hub-a.local", "dev-1", "2026-01-01T00:00:00Z")

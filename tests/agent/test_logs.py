@@ -1,4 +1,4 @@
-"""agent.logs: stderr by default; journald only when JOURNAL_STREAM really is our stderr."""
+"""agent.runtime.logs: stderr by default; journald only when JOURNAL_STREAM really is our stderr."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import TextIO
 
 import pytest
 
-from agent.logs import setup_logging
+from agent.runtime.logs import setup_logging
 
 
 @pytest.fixture

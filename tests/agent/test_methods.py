@@ -8,14 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.methods import (
-    MethodReply,
-    Reprovision,
-    SetTelemetryInterval,
-    dispatch,
-    malformed,
-)
-from agent.wire import MethodRequest
+from agent.core.methods import MethodReply, Reprovision, SetTelemetryInterval, dispatch, malformed
+from agent.core.wire import MethodRequest
 
 
 def status() -> Mapping[str, object]:

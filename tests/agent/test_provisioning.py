@@ -10,17 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import wire
-from agent.backoff import BackoffPolicy
-from agent.core import CancelTimer, Publish, StartTimer, Subscribe
-from agent.errors import (
-    ConnectionRefusedByServer,
-    ProtocolError,
-    ProvisioningError,
-    ThrottledError,
-    TransportError,
-)
-from agent.provisioning import (
+from agent.core import wire
+from agent.core.actions import CancelTimer, Publish, StartTimer, Subscribe
+from agent.core.backoff import BackoffPolicy
+from agent.core.provisioning import (
     RETRY_TIMER,
     TIMEOUT_TIMER,
     Assigned,
@@ -37,6 +30,13 @@ from agent.provisioning import (
     Registration,
     RegistrationSent,
     registration_payload,
+)
+from agent.errors import (
+    ConnectionRefusedByServer,
+    ProtocolError,
+    ProvisioningError,
+    ThrottledError,
+    TransportError,
 )
 
 ASSIGNED_STATE = {

@@ -1,4 +1,4 @@
-"""agent.sdnotify against a real AF_UNIX datagram socket bound as NOTIFY_SOCKET."""
+"""agent.runtime.sdnotify against a real AF_UNIX datagram socket bound as NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sdnotify import Notifier
+from agent.runtime.sdnotify import Notifier
 
 
 class FakeSystemd:
@@ -104,7 +104,7 @@ def test_default_environment_is_os_environ(
 
 
 def test_unusable_socket_value_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="agent.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="agent.runtime.sdnotify"):
         notifier = Notifier({"NOTIFY_SOCKET": "relative/path"})
     assert not notifier.enabled
     assert "neither a path" in caplog.text
@@ -114,7 +114,7 @@ def test_vanished_socket_is_logged_once_and_never_raises(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone")})
-    with caplog.at_level(logging.WARNING, logger="agent.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="agent.runtime.sdnotify"):
         assert notifier.ready() is False
         assert notifier.watchdog() is False
     assert caplog.text.count("sd_notify") == 1

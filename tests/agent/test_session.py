@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-from agent import wire
-from agent.core import Publish, Subscribe
-from agent.methods import Reprovision
-from agent.session import HubSession, ReportedContext, SettingsChanged
-from agent.telemetry import MemoryQueue, Publisher, Sample, build_message
-from agent.twin import SensorInfo, initial_settings
+from agent.core import wire
+from agent.core.actions import Publish, Subscribe
+from agent.core.methods import Reprovision
+from agent.core.session import HubSession, ReportedContext, SettingsChanged
+from agent.core.telemetry import MemoryQueue, Publisher, Sample, build_message
+from agent.core.twin import SensorInfo, initial_settings
 
 SENSOR = SensorInfo("tmp102@1:0x48", "TMP102", {"temperature_c": "degC"})
 
@@ -154,8 +154,8 @@ def test_telemetry_puback_frees_the_window() -> None:
 
 
 def test_unanswered_twin_get_is_retried_then_the_session_reports_without_it() -> None:
-    from agent.core import CancelTimer, StartTimer
-    from agent.session import TWIN_GET_ATTEMPTS, TWIN_GET_TIMER
+    from agent.core.actions import CancelTimer, StartTimer
+    from agent.core.session import TWIN_GET_ATTEMPTS, TWIN_GET_TIMER
 
     s = session()
     actions = s.on_connected()
@@ -189,8 +189,8 @@ def test_unanswered_twin_get_is_retried_then_the_session_reports_without_it() ->
 
 
 def test_twin_get_answered_in_time_cancels_its_timer() -> None:
-    from agent.core import CancelTimer
-    from agent.session import TWIN_GET_TIMER
+    from agent.core.actions import CancelTimer
+    from agent.core.session import TWIN_GET_TIMER
 
     s = session()
     actions = connect_and_sync(s, {"$version": 1}, {})
@@ -200,7 +200,7 @@ def test_twin_get_answered_in_time_cancels_its_timer() -> None:
 
 
 def test_twin_get_error_status_is_asked_again_on_timeout() -> None:
-    from agent.session import TWIN_GET_TIMER
+    from agent.core.session import TWIN_GET_TIMER
 
     s = session()
     actions = s.on_connected()

@@ -12,19 +12,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.provisioning import Assignment
-from agent.state import (
+from agent.core.budget import ReprovisionBudget
+from agent.core.provisioning import Assignment
+from agent.store.files import (
     BUDGET_FILE,
     KEEP_CORRUPT_COPIES,
     STATE_FILE,
     STATUS_FILE,
-    IdentityFingerprint,
-    ReprovisionBudget,
-    StateStore,
     atomic_write,
-    read_status,
-    strip_state,
 )
+from agent.store.state import IdentityFingerprint, StateStore
+from agent.store.status import read_status, strip_state
 from tests.support.fakeclock import FakeClock
 
 IDENTITY = IdentityFingerprint("dps.local", "0ne001", "dev-1", "AB" * 32)

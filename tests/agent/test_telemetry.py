@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 import hal
-from agent import wire
-from agent.telemetry import (
+from agent.core import wire
+from agent.core.telemetry import (
     MemoryQueue,
     Publisher,
     Sample,

@@ -1,4 +1,4 @@
-"""agent.transport against devcloud's real MQTT/TLS server on loopback."""
+"""agent.runtime.transport against devcloud's real MQTT/TLS server on loopback."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import TransportError
-from agent.transport import (
+from agent.runtime.transport import (
     Connected,
     ConnectionLost,
     ConnectRefused,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.twin import (
+from agent.core.twin import (
     MAX_INTERVAL_S,
     DesiredResult,
     SensorInfo,

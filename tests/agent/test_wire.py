@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import wire
+from agent.core import wire
 from agent.errors import ProtocolError
 
 # Text the cloud might put in ids: anything printable except the topic separators.

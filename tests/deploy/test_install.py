@@ -240,8 +240,8 @@ def test_no_path_names_the_scratch_root(installs: Installs) -> None:
 
 def test_bytecode_names_the_device_paths(installs: Installs) -> None:
     venv = installs.root / PREFIX.lstrip("/")
-    (cached,) = venv.glob("lib/python3.*/site-packages/agent/__pycache__/cli.cpython-*.pyc")
-    source = cached.parent.parent / "cli.py"
+    (cached,) = venv.glob("lib/python3.*/site-packages/agent/cli/__pycache__/main.cpython-*.pyc")
+    source = cached.parent.parent / "main.py"
     # Read by the virtualenv's own Python (marshal is version-specific), past the
     # 16-byte header (PEP 552). Importing would not tell: it fixes co_filename up.
     read = (

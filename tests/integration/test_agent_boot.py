@@ -11,8 +11,9 @@ import pytest
 
 from agent import __version__
 from agent.config import load_config
-from agent.lifecycle import State
-from agent.state import STATE_FILE, read_status
+from agent.core.lifecycle import State
+from agent.store.files import STATE_FILE
+from agent.store.status import read_status
 from devcloud.app import AllocationRequest, AllocationResult
 from tests.support.agentcloud import AgentThread, Cloud, issue_device, running_cloud, write_config
 

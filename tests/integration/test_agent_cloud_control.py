@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from agent import __version__
-from agent.lifecycle import State
+from agent.core.lifecycle import State
 from tests.support.agentcloud import (
     AgentThread,
     Cloud,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.lifecycle import State
-from agent.state import STATE_FILE
+from agent.core.lifecycle import State
+from agent.store.files import STATE_FILE
 from devcloud.dps import RateLimiter
 from devcloud.pki import PKI
 from tests.support.agentcloud import (

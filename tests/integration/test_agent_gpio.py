@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.lifecycle import State
+from agent.core.lifecycle import State
 from tests.support.agentcloud import AgentThread, Cloud, issue_device, wait_until, write_config
 
 pytestmark = pytest.mark.integration
@@ -26,9 +26,9 @@ def test_led_shows_state_and_long_press_reprovisions(cloud: Cloud, tmp_path: Pat
     )
     with AgentThread(config) as agent:
         agent.wait_state(State.CONNECTED)
-        led = agent.daemon._led
+        led = agent.daemon.hardware.led
         wait_until(lambda: led.pattern is hal.LedPattern.CONNECTED, what="LED steady on")
-        factory = agent.daemon._backend.pin_factory
+        factory = agent.daemon.hardware.backend.pin_factory
         button = factory.pin(BUTTON_PIN)
         # A short press does nothing.
         button.drive_low()

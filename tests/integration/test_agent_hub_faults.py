@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from agent.lifecycle import State
-from agent.session import TWIN_GET_ATTEMPTS
+from agent.core.lifecycle import State
+from agent.core.session import TWIN_GET_ATTEMPTS
 from tests.support.agentcloud import AgentThread, Cloud, issue_device, wait_until, write_config
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.lifecycle import State
+from agent.core.lifecycle import State
 from devcloud.pki import Issued
 from tests.support.agentcloud import (
     AgentThread,
@@ -186,7 +186,8 @@ def test_hub_connack_5_with_an_expired_certificate_waits_instead_of_going_to_dps
         cloud.client.disable_device("dev-late")  # drops the connection; reconnects get CONNACK 5
         agent.wait_state(State.IDENTITY_WAIT)
         assert "expired" in str(agent.daemon.status()["errors"]["identity"])  # type: ignore[index]
-        wait_until(lambda: agent.daemon._led.pattern is hal.LedPattern.ERROR, what="LED error")
+        led = agent.daemon.hardware.led
+        wait_until(lambda: led.pattern is hal.LedPattern.ERROR, what="LED error")
         machine = agent.daemon.machine
         assert machine is not None
         wait_until(lambda: machine.identity_backoff.attempt >= 3, what="keystore re-checks")

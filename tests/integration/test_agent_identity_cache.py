@@ -1,7 +1,7 @@
 """Warm boot: the daemon skips the keystore child when the identity files are unchanged.
 
 The real daemon against devcloud, twice over the same state directory. Whether the
-child ran is counted structurally: ``agent.daemon.load_in_child`` is wrapped by a
+child ran is counted structurally: ``agent.runtime.daemon.load_in_child`` is wrapped by a
 counter that still calls the real child.
 """
 
@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-import agent.daemon
+import agent.runtime.daemon
 from agent.config import AgentConfig
-from agent.core import SystemClock
-from agent.lifecycle import State
-from agent.state import IDENTITY_CACHE_FILE
+from agent.core.clock import SystemClock
+from agent.core.lifecycle import State
+from agent.store.files import IDENTITY_CACHE_FILE
 from tests.support.agentcloud import AgentThread, Cloud, issue_device, write_config
 
 pytestmark = pytest.mark.integration
@@ -33,13 +33,13 @@ DEVICE_AGENT = [sys.executable, "-m", "agent"]
 def child_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every keystore child the daemon runs (the real one still runs)."""
     calls: list[str] = []
-    real: Callable[..., Any] = agent.daemon.load_in_child
+    real: Callable[..., Any] = agent.runtime.daemon.load_in_child
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls.append(str(kwargs.get("now")))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(agent.daemon, "load_in_child", counted)
+    monkeypatch.setattr(agent.runtime.daemon, "load_in_child", counted)
     return calls
 
 

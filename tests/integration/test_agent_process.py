@@ -274,8 +274,8 @@ runpy.run_module("agent", run_name="__main__", alter_sys=True)
 #: Modules the long-running daemon must never load (memory budget; the hot path only).
 NOT_IN_THE_DAEMON = (
     "cryptography",  # the keystore's checks run in a child process
-    "agent.keystore",
-    "agent.checks",
+    "agent.identity.file_keystore",
+    "agent.cli.check",
     "hal.cli",  # argparse-only
     "shutil",  # argparse's help formatter would pull it (and bz2, lzma) in
     "bz2",
@@ -316,7 +316,7 @@ def test_running_daemon_keeps_out_of_its_memory_what_it_does_not_need(
             proc.wait(10)
         log.close()
     loaded = json.loads(dump.read_text())
-    assert "agent.daemon" in loaded and "paho.mqtt.client" in loaded  # the dump is real
+    assert "agent.runtime.daemon" in loaded and "paho.mqtt.client" in loaded  # the dump is real
     offenders = [
         name
         for name in loaded

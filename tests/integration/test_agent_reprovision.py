@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.lifecycle import State
-from agent.state import STATE_FILE
+from agent.core.lifecycle import State
+from agent.store.files import STATE_FILE
 from tests.support.agentcloud import (
     AgentThread,
     Cloud,

@@ -3,7 +3,7 @@
 Each :class:`Cloud` takes its own 127.x.y.z addresses (DPS .2, hubs .3 and .4, REST .1)
 and one free port shared by DPS and both hubs (the agent's config has one hub port for
 every hub, as Azure does), so nothing clashes with another test or devcloud's defaults.
-:class:`AgentThread` runs :class:`agent.daemon.Daemon` in a thread of the test process;
+:class:`AgentThread` runs :class:`agent.runtime.daemon.Daemon` in a thread of the test process;
 :func:`wait_until` (from :mod:`tests.support.waiting`) polls a condition against a
 deadline (no fixed sleeps).
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, load_config
-from agent.daemon import Daemon
-from agent.lifecycle import State
+from agent.core.lifecycle import State
+from agent.runtime.daemon import Daemon
 from devcloud.app import DevCloudConfig, DevCloudHandle, DevCloudThread, HubSpec
 from devcloud.errors import DeviceNotOnlineError
 from devcloud.pki import PKI, Issued

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-:func:`dispatch` is pure: a decoded :class:`~agent.wire.MethodRequest` plus what it
+:func:`dispatch` is pure: a decoded :class:`~agent.core.wire.MethodRequest` plus what it
 needs to know goes in; a :class:`MethodReply` (status, JSON payload, and an optional
 effect for the daemon to carry out *after* the reply is sent) comes out. It never
 raises and never blocks: an unknown method is 404, a bad payload 400 with a message,
@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from agent.twin import validate_interval
-from agent.wire import MethodRequest
+from agent.core.twin import validate_interval
+from agent.core.wire import MethodRequest
 
 
 @dataclass(frozen=True)

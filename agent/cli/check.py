@@ -25,7 +25,7 @@ from typing import Literal
 from agent import __version__
 from agent.config import AgentConfig
 from agent.errors import AgentError
-from agent.keystore import Identity, open_keystore
+from agent.identity.keystore import Identity, open_keystore
 
 __all__ = ["CLOCK_FLOOR", "CheckResult", "run_checks"]
 
@@ -138,7 +138,8 @@ def _check_state_directory(directory: Path) -> CheckResult:
 
 
 def _check_dps(config: AgentConfig, identity: Identity, timeout_s: float) -> CheckResult:
-    from agent.transport import (
+    from agent.core.wire import dps_username
+    from agent.runtime.transport import (
         Connected,
         ConnectionLost,
         ConnectRefused,
@@ -146,7 +147,6 @@ def _check_dps(config: AgentConfig, identity: Identity, timeout_s: float) -> Che
         MqttTransport,
         TlsSettings,
     )
-    from agent.wire import dps_username
 
     dps = config.dps
     websockets = dps.transport == "websockets"

@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 The daemon makes a :class:`HubSession` for each hub connection that reaches CONNACK 0
 and feeds it what arrives; the session answers with actions
-(:class:`~agent.core.Subscribe`, :class:`~agent.core.Publish`) and *effects* for the
-daemon (:class:`SettingsChanged`, :class:`~agent.methods.Reprovision`).
+(:class:`~agent.core.actions.Subscribe`, :class:`~agent.core.actions.Publish`) and *effects* for the
+daemon (:class:`SettingsChanged`, :class:`~agent.core.methods.Reprovision`).
 
 On connect: subscribe to twin responses, desired pushes, method calls and
 cloud-to-device messages, then GET the full twin. Its desired section is applied
@@ -35,10 +35,10 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from agent import methods, twin, wire
-from agent.core import CancelTimer, Publish, StartTimer, Subscribe
+from agent.core import methods, twin, wire
+from agent.core.actions import CancelTimer, Publish, StartTimer, Subscribe
+from agent.core.telemetry import Publisher
 from agent.errors import ProtocolError
-from agent.telemetry import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent import wire
-from agent.core import Publish, utc_iso
+from agent.core import wire
+from agent.core.actions import Publish
+from agent.core.clock import utc_iso
 from hal.sensor import UNITS, Sensor
 
 CONTENT_TYPE = "application/json"

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from agent.wire import is_finite_number
+from agent.core.wire import is_finite_number
 
 MIN_INTERVAL_S = 1.0
 MAX_INTERVAL_S = 86_400.0

@@ -4,13 +4,13 @@ Theory of operation
 -------------------
 The daemon feeds :class:`Lifecycle` events (what happened) and carries out the
 actions it returns (what to do). The machine never touches a socket, file or
-clock: time comes from an injected :class:`~agent.core.Clock`, randomness from an
+clock: time comes from an injected :class:`~agent.core.clock.Clock`, randomness from an
 injected :class:`random.Random`. Every (state, event) pair has exactly one entry in
 :data:`TABLE`: a transition (with the states it can lead to), an ``ignore`` with its
 reason, or a ``refuse`` -- an event that cannot happen in that state if the daemon
 is wired correctly, raised as :class:`IllegalEventError` with the state unchanged.
 Nothing is silently undefined; :func:`render_mermaid` / :func:`render_dot` draw the
-table (``python -m agent.lifecycle [--dot]``).
+table (``python -m agent.core.lifecycle [--dot]``).
 
 ::
 
@@ -75,12 +75,13 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from agent.backoff import Backoff, BackoffPolicy
 from agent.config import LifecycleConfig
-from agent.core import CancelTimer, Clock, StartTimer, utc_iso
+from agent.core.actions import CancelTimer, StartTimer
+from agent.core.backoff import Backoff, BackoffPolicy
+from agent.core.budget import ReprovisionBudget
+from agent.core.clock import Clock, utc_iso
+from agent.core.provisioning import Assignment
 from agent.errors import AgentError
-from agent.provisioning import Assignment
-from agent.state import ReprovisionBudget
 
 TIMER = "lifecycle"
 #: Longest wait between two keystore re-checks in IDENTITY_WAIT.
@@ -766,7 +767,7 @@ def pairs(states: Iterable[State] = State) -> list[tuple[State, type[Event]]]:
     return [(s, e) for s in states for e in EVENT_TYPES]
 
 
-if __name__ == "__main__":  # ``python -m agent.lifecycle [--dot]`` prints the diagram
+if __name__ == "__main__":  # ``python -m agent.core.lifecycle [--dot]`` prints the diagram
     import sys
 
     sys.stdout.write(render_dot() if "--dot" in sys.argv[1:] else render_mermaid())

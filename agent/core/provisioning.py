@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The daemon opens an MQTT connection to DPS when the lifecycle asks for it and feeds
 what happens on that connection into a fresh :class:`Registration`; the machine
-answers with actions (:class:`~agent.core.Subscribe`, :class:`~agent.core.Publish`,
+answers with actions (:class:`~agent.core.actions.Subscribe`, :class:`~agent.core.actions.Publish`,
 timers) and ends with exactly one :class:`Assigned` or :class:`Failed`. Then the
 daemon closes the connection and tells the lifecycle.
 
@@ -31,9 +31,9 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from agent import wire
-from agent.backoff import Backoff, BackoffPolicy
-from agent.core import CancelTimer, Publish, StartTimer, Subscribe
+from agent.core import wire
+from agent.core.actions import CancelTimer, Publish, StartTimer, Subscribe
+from agent.core.backoff import Backoff, BackoffPolicy
 from agent.errors import (
     AgentError,
     ConnectionRefusedByServer,

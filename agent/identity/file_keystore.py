@@ -1,16 +1,11 @@
-"""The device's X.509 identity: where it is kept, and the checks made before it is used.
+"""The file keystore: a PEM chain and key on disk, and the checks made before they are used.
 
 Theory of operation
 -------------------
-A :class:`Keystore` turns the ``[identity]`` config into an :class:`Identity`: the
-registration id, the certificate's facts, and the cert-chain and key *paths* that the
-transport hands to OpenSSL. The transport never sees key material, so a TPM keystore
-(whose key file is a TSS2 handle that the OpenSSL tpm2 provider loads) can come later
-behind the same :class:`Keystore` protocol.
-
-:class:`FileKeystore` reads a PEM chain (leaf first, then intermediates) and a PEM
-private key, optionally encrypted with a passphrase read from a file. At every load it
-refuses, with a :class:`~agent.errors.KeystoreError` naming the file and the fix:
+:class:`FileKeystore` implements :class:`~agent.identity.keystore.Keystore`. It reads a
+PEM chain (leaf first, then intermediates) and a PEM private key, optionally encrypted
+with a passphrase read from a file. At every load it refuses, with a
+:class:`~agent.errors.KeystoreError` naming the file and the fix:
 
 1. a key (or passphrase) file readable or writable by group or others
    (:class:`~agent.errors.KeyPermissionError`, fix ``chmod 600 FILE``);
@@ -19,13 +14,12 @@ refuses, with a :class:`~agent.errors.KeystoreError` naming the file and the fix
    expired, a chain that does not build to a configured trust anchor (each link's
    signature verified with ``cryptography``) (:class:`~agent.errors.CertificateInvalidError`).
 
-Under 30 days of validity left is a warning carried in :attr:`Identity.warnings`
-(and logged), not an error. The registration id is the leaf's CN unless configured.
+Under 30 days of validity left is a warning carried in
+:attr:`~agent.identity.keystore.Identity.warnings` (and logged), not an error. The
+registration id is the leaf's CN unless configured.
 
-``python -m agent.keystore`` is the same check as a short-lived child process (JSON
-request on stdin, JSON answer on stdout): the daemon runs it through
-:func:`agent.identity.load_in_child` so that ``cryptography`` never enters the
-long-running process.
+This module imports ``cryptography``: the long-running daemon never imports it, it runs
+the checks in ``python -m agent.identity.child`` (:func:`agent.identity.child.load_in_child`).
 """
 
 from __future__ import annotations
@@ -36,7 +30,6 @@ import os
 import stat
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -46,16 +39,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.config import REGISTRATION_ID_RE, IdentityConfig
 from agent.errors import CertificateInvalidError, KeyPermissionError, KeystoreError
-from agent.identity import Identity
+from agent.identity.keystore import Identity
 
-__all__ = [
-    "EXPIRY_WARNING",
-    "FileKeystore",
-    "Identity",
-    "Keystore",
-    "open_keystore",
-    "thumbprint",
-]
+__all__ = ["EXPIRY_WARNING", "FileKeystore", "thumbprint"]
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +49,6 @@ log = logging.getLogger(__name__)
 EXPIRY_WARNING = timedelta(days=30)
 #: Longest chain walked (leaf + intermediates) before giving up.
 MAX_CHAIN_LENGTH = 8
-
-
-class Keystore(Protocol):
-    """Where the identity lives: files today, a TPM later."""
-
-    def load(self, *, now: datetime) -> Identity:
-        """Load and check the identity as of ``now`` (timezone-aware UTC)."""
-        ...
-
-
-def open_keystore(config: IdentityConfig, *, config_path: Path) -> Keystore:
-    """The keystore the config names (``keystore = "file"``)."""
-    if config.keystore == "file":
-        return FileKeystore(config, config_path=config_path)
-    raise KeystoreError(f"unknown keystore {config.keystore!r}", path=config_path)
 
 
 def thumbprint(cert: x509.Certificate) -> str:
@@ -332,32 +303,3 @@ def _common_name(cert: x509.Certificate) -> str:
 
 def _subject(cert: x509.Certificate) -> str:
     return repr(cert.subject.rfc4514_string())
-
-
-def _child_main() -> int:
-    """``python -m agent.keystore``: one check, request on stdin, answer on stdout."""
-    import json
-    import sys
-
-    from agent.identity import config_from_json, error_to_json, identity_to_json
-
-    try:
-        request = json.loads(sys.stdin.read())
-        config = config_from_json(request["identity"])
-        config_path = Path(str(request["config_path"]))
-        now = datetime.fromisoformat(str(request["now"]))
-    except (ValueError, KeyError, TypeError) as exc:
-        print(f"agent.keystore: bad request: {exc}", file=sys.stderr)
-        return 64
-    try:
-        identity = open_keystore(config, config_path=config_path).load(now=now)
-    except KeystoreError as exc:
-        answer: dict[str, object] = {"error": error_to_json(exc)}
-    else:
-        answer = {"identity": identity_to_json(identity)}
-    sys.stdout.write(json.dumps(answer))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_child_main())

@@ -1,56 +1,67 @@
-"""Event routing and action execution: what the daemon does with what its cores say.
+"""The executor: routes connection events to the cores and carries out their actions.
 
 Theory of operation
 -------------------
-:class:`Router` is the half of :class:`~agent.daemon.Daemon` that connects the
-sans-I/O cores to the world; :mod:`agent.daemon` keeps the other half (start-up,
-identity, the main loop and its timers, telemetry sampling, status, shutdown).
+:class:`Executor` connects the sans-I/O cores to the world. It owns the one open
+connection (DPS *or* hub, :class:`Link`) and the core that speaks on it: the DPS
+:class:`~agent.core.provisioning.Registration` or the
+:class:`~agent.core.session.HubSession`. The :class:`~agent.runtime.loop.MainLoop`
+hands it every transport event (:meth:`Executor.route`) and every event handed in
+from other threads (:meth:`Executor.feed`).
 
-* :meth:`Router._route` takes one event from the open MQTT connection and hands it
-  to the core that owns that connection: the DPS
-  :class:`~agent.provisioning.Registration` or the :class:`~agent.session.HubSession`.
-  Their outcomes (assigned, failed, CONNACK 0/3/4/5, connection lost) become
-  :class:`~agent.lifecycle.Lifecycle` events through :meth:`Router._feed`, which
-  also turns a failure while the certificate is out of its validity window into
-  IdentityInvalid.
-* :meth:`Router._lifecycle_action`, :meth:`Router._dps_actions` and
-  :meth:`Router._session_actions` carry out what comes back: open or close a
-  connection (one at a time, DPS *or* hub), publish, subscribe, persist, start and
-  cancel named timers, show a status (sd_notify STATUS, LED, ``status.json``).
+* :meth:`Executor.route` gives one event from the open MQTT connection to the core
+  that owns that connection. Their outcomes (assigned, failed, CONNACK 0/3/4/5,
+  connection lost) become :class:`~agent.core.lifecycle.Lifecycle` events through
+  :meth:`Executor.feed`, which also turns a failure while the certificate is out of
+  its validity window into IdentityInvalid.
+* What comes back is carried out here: open or close a connection (one at a time),
+  publish, subscribe, persist, start and cancel named timers, show a status (sd_notify
+  STATUS, LED, ``status.json``).
 
-Nothing in here decides anything; every decision is a core's. It logs as
-``agent.daemon``, as it did before the split.
+Nothing in here decides anything; every decision is a core's. The daemon
+(:mod:`agent.runtime.daemon`) builds the executor, loads the identity and hands it
+over (:attr:`Executor.identity`, :attr:`Executor.store`, :attr:`Executor.machine`).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agent import __version__, lifecycle, provisioning, wire
+from agent import __version__
 from agent.config import AgentConfig
-from agent.core import CancelTimer, Clock, Publish, StartTimer, Subscribe, utc_iso
+from agent.core import lifecycle, provisioning, wire
+from agent.core.actions import CancelTimer, Publish, StartTimer, Subscribe
+from agent.core.clock import Clock, utc_iso
+from agent.core.methods import Reprovision
+from agent.core.session import HubSession, ReportedContext, SettingsChanged, sensor_infos
+from agent.core.telemetry import Publisher
+from agent.core.twin import Settings, initial_settings
 from agent.errors import TransportError
-from agent.identity import Identity
-from agent.methods import Reprovision
-from agent.sdnotify import Notifier
-from agent.session import HubSession, ReportedContext, SettingsChanged, sensor_infos
-from agent.state import StateStore
-from agent.telemetry import Publisher
-from agent.twin import Settings
+from agent.identity.keystore import Identity
+from agent.runtime import endpoint as ev
+from agent.runtime.endpoint import MqttEndpoint, TlsSettings
+from agent.runtime.hardware import Hardware
+from agent.runtime.loop import Timers
+from agent.runtime.sdnotify import Notifier
+from agent.store.state import StateStore
 
 if TYPE_CHECKING:
-    from agent.transport import MqttEndpoint, MqttTransport, TlsSettings, TransportEvent
+    from agent.runtime.endpoint import TransportEvent
+    from agent.runtime.transport import MqttTransport
 
-log = logging.getLogger("agent.daemon")
+log = logging.getLogger("agent.runtime.daemon")
 
 SAMPLE_TIMER = "telemetry.sample"
 EFFECT_TIMER = "method.effect"
 IDENTITY_FILES_TIMER = "identity.files"
 STATUS_TIMER = "status.refresh"
+#: The timers of a connection's protocols (DPS, twin, method effects), by name prefix.
+CONNECTION_TIMER_PREFIXES = ("dps.", "twin.", "method.")
 #: status.json is refreshed between lifecycle changes at most this often (flash wear).
 STATUS_REFRESH_MIN_S = 60.0
 #: How often the identity files are compared (stat only) while waiting for a usable one.
@@ -67,61 +78,57 @@ EFFECT_WAIT_S = 2.0
 CLIENT_VERSION = f"device-agent/{__version__}"
 
 
-def _led_pattern(state: lifecycle.State) -> str:
-    match state:
-        case lifecycle.State.CONNECTED:
-            return "CONNECTED"
-        case lifecycle.State.PROVISIONING | lifecycle.State.CONNECTING:
-            return "PROVISIONING"
-        case lifecycle.State.REPROVISION_WAIT | lifecycle.State.IDENTITY_WAIT:
-            return "ERROR"
-        case _:
-            return "OFFLINE"
+class Link(enum.Enum):
+    """What the open connection talks to."""
+
+    DPS = "dps"
+    HUB = "hub"
 
 
-class Router:
-    """Routes connection events to the cores and carries out their actions.
+class Executor:
+    """Routes connection events to the cores and carries out their actions."""
 
-    :class:`~agent.daemon.Daemon` sets every attribute below in its constructor and
-    provides :meth:`status` and :meth:`_recheck_identity`.
-    """
-
-    config: AgentConfig
-    notifier: Notifier
-    clock: Clock
-    rng: random.Random
-    transport: MqttTransport | None
-    _transport_kind: str | None  # "dps" or "hub"
-    registration: provisioning.Registration | None
-    session: HubSession | None
-    identity: Identity | None
-    store: StateStore | None
-    machine: lifecycle.Lifecycle | None
-    sensors: list[Any]
-    hal_error: str | None
-    sensor_errors: dict[str, str]
-    _led: Any
-    publisher: Publisher
-    settings: Settings
-    last_reprovision_reason: str | None
-    provisioned_at: str | None
-    _timers: dict[str, float]
-    _status_refresh_s: float | None
-
-    def status(self) -> Mapping[str, object]:
-        """What getStatus and status.json report (the daemon's)."""
-        raise NotImplementedError
-
-    def _recheck_identity(self) -> None:
-        raise NotImplementedError
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        notifier: Notifier,
+        timers: Timers,
+        hardware: Hardware,
+        publisher: Publisher,
+        status: Callable[[], Mapping[str, object]],
+        recheck_identity: Callable[[], None],
+        status_refresh_s: float | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = rng
+        self.notifier = notifier
+        self.timers = timers
+        self.hardware = hardware
+        self.publisher = publisher
+        self._status = status
+        self._recheck_identity = recheck_identity
+        #: None: ``max(telemetry interval, STATUS_REFRESH_MIN_S)``, as the interval is now.
+        self._status_refresh_s = status_refresh_s
+        self.settings: Settings = initial_settings(config.telemetry.interval_s)
+        self.transport: MqttTransport | None = None
+        self.link: Link | None = None
+        self.registration: provisioning.Registration | None = None
+        self.session: HubSession | None = None
+        #: Set by the daemon once loaded; None while there is no usable identity.
+        self.identity: Identity | None = None
+        self.store: StateStore | None = None
+        self.machine: lifecycle.Lifecycle | None = None
+        self.last_reprovision_reason: str | None = None
+        self.provisioned_at: str | None = None
 
     @property
     def state(self) -> lifecycle.State:
         """The lifecycle state (STARTING before the loop runs)."""
         return self.machine.state if self.machine else lifecycle.State.STARTING
-
-    def _start_timer(self, name: str, delay_s: float) -> None:
-        self._timers[name] = self.clock.monotonic() + max(0.0, delay_s)
 
     def _identity_problem_now(self) -> str | None:
         identity = self.identity
@@ -131,67 +138,70 @@ class Router:
 
     # -- routing ------------------------------------------------------------------------------
 
-    def _route(self, transport: MqttTransport, event: TransportEvent) -> None:
-        from agent import transport as t
-
+    def route(self, transport: MqttTransport, event: TransportEvent) -> None:
+        """Give one event of ``transport`` to the core that owns the connection."""
         if transport is not self.transport:
             return  # from a connection we already left
-        if self._transport_kind == "dps":
-            registration = self.registration
-            if registration is None:
-                return
-            dps_event: provisioning.DpsEvent | None
-            match event:
-                case t.Connected():
-                    dps_event = provisioning.DpsConnected()
-                case t.ConnectRefused(return_code=code):
-                    dps_event = provisioning.DpsConnectRefused(code)
-                case t.ConnectionLost(reason=reason):
-                    dps_event = provisioning.DpsConnectionLost(reason)
-                case t.Subscribed(granted_qos=granted):
-                    dps_event = provisioning.DpsSubscribed(granted)
-                case t.MessageReceived(topic=topic, payload=payload):
-                    dps_event = provisioning.DpsMessage(topic, payload)
-                case _:
-                    dps_event = None
-            if dps_event is not None:
-                self._dps_actions(registration.handle(dps_event))
+        if self.link is Link.DPS:
+            self._route_dps(event)
             return
         match event:
-            case t.Connected():
-                self._feed(lifecycle.HubConnected())
+            case ev.Connected():
+                self.feed(lifecycle.HubConnected())
                 if self.state is lifecycle.State.CONNECTED and self.session is not None:
-                    self._session_actions(self.session.on_connected())
-            case t.ConnectRefused(return_code=code):
+                    self.session_actions(self.session.on_connected())
+            case ev.ConnectRefused(return_code=code):
                 if code in (4, 5):
-                    self._feed(lifecycle.HubRejected(code))
+                    self.feed(lifecycle.HubRejected(code))
                 else:
-                    self._feed(lifecycle.HubUnavailable(f"hub refused: CONNACK {code}"))
-            case t.ConnectionLost(reason=reason):
+                    self.feed(lifecycle.HubUnavailable(f"hub refused: CONNACK {code}"))
+            case ev.ConnectionLost(reason=reason):
                 if self.session is not None:
                     self.session.on_disconnected()
                     self.session = None
-                    self._cancel_connection_timers()
+                    self.timers.cancel_prefixed(CONNECTION_TIMER_PREFIXES)
                 if self.state is lifecycle.State.CONNECTED:
-                    self._feed(lifecycle.ConnectionDropped(reason))
+                    self.feed(lifecycle.ConnectionDropped(reason))
                 else:
-                    self._feed(lifecycle.HubUnavailable(reason))
-            case t.MessageReceived(topic=topic, payload=payload):
+                    self.feed(lifecycle.HubUnavailable(reason))
+            case ev.MessageReceived(topic=topic, payload=payload):
                 if self.session is not None:
                     try:
                         actions = self.session.on_message(topic, payload)
                     except Exception:  # the cloud's input must never take the daemon down
                         log.exception("handling a message on %r failed; dropped", topic)
                         return
-                    self._session_actions(actions)
-            case t.PublishAcked(mid=mid):
+                    self.session_actions(actions)
+            case ev.PublishAcked(mid=mid):
                 if self.session is not None:
-                    self._session_actions(self.session.on_puback(mid))
-            case t.Subscribed(granted_qos=granted):
+                    self.session_actions(self.session.on_puback(mid))
+            case ev.Subscribed(granted_qos=granted):
                 if any(q not in (0, 1) for q in granted):
                     log.warning("the hub refused a subscription: %s", granted)
 
-    def _feed(self, event: lifecycle.Event) -> None:
+    def _route_dps(self, event: TransportEvent) -> None:
+        registration = self.registration
+        if registration is None:
+            return
+        dps_event: provisioning.DpsEvent | None
+        match event:
+            case ev.Connected():
+                dps_event = provisioning.DpsConnected()
+            case ev.ConnectRefused(return_code=code):
+                dps_event = provisioning.DpsConnectRefused(code)
+            case ev.ConnectionLost(reason=reason):
+                dps_event = provisioning.DpsConnectionLost(reason)
+            case ev.Subscribed(granted_qos=granted):
+                dps_event = provisioning.DpsSubscribed(granted)
+            case ev.MessageReceived(topic=topic, payload=payload):
+                dps_event = provisioning.DpsMessage(topic, payload)
+            case _:
+                dps_event = None
+        if dps_event is not None:
+            self.dps_actions(registration.handle(dps_event))
+
+    def feed(self, event: lifecycle.Event) -> None:
+        """Give ``event`` to the lifecycle and carry out what it answers."""
         machine = self.machine
         if machine is None:
             return
@@ -209,10 +219,17 @@ class Router:
         for action in actions:
             self._lifecycle_action(action)
 
+    def _timer_action(self, action: StartTimer | CancelTimer) -> None:
+        """The timer actions every core uses, carried out one way."""
+        if isinstance(action, StartTimer):
+            self.timers.start(action.name, action.delay_s)
+        else:
+            self.timers.cancel(action.name)
+
     def _lifecycle_action(self, action: lifecycle.AnyAction) -> None:
         match action:
             case lifecycle.ConnectDps():
-                self._connect_dps()
+                self.connect_dps()
             case lifecycle.CheckIdentity():
                 self._recheck_identity()
             case lifecycle.ConnectHub(assignment=assignment):
@@ -234,10 +251,8 @@ class Router:
                     self.store.save_budget(budget)
                 except OSError as exc:
                     log.error("could not persist the reprovisioning budget: %s", exc)
-            case StartTimer(name=name, delay_s=delay):
-                self._start_timer(name, delay)
-            case CancelTimer(name=name):
-                self._timers.pop(name, None)
+            case StartTimer() | CancelTimer():
+                self._timer_action(action)
             case lifecycle.Status(state=state, text=text):
                 self._on_status(state, text)
 
@@ -246,29 +261,24 @@ class Router:
         self.notifier.status(f"{state.value}: {text}")
         if state is lifecycle.State.STOPPING:
             self.notifier.stopping()
-        if state is lifecycle.State.IDENTITY_WAIT and IDENTITY_FILES_TIMER not in self._timers:
-            self._start_timer(IDENTITY_FILES_TIMER, IDENTITY_POLL_S)
-        if self._led is not None:
-            import hal
-
-            try:
-                self._led.show(hal.LedPattern[_led_pattern(state)])
-            except hal.HALError as exc:
-                log.warning("LED: %s", exc)
-        self._write_status()
+        if state is lifecycle.State.IDENTITY_WAIT and IDENTITY_FILES_TIMER not in self.timers:
+            self.timers.start(IDENTITY_FILES_TIMER, IDENTITY_POLL_S)
+        self.hardware.show(state)
+        self.write_status()
 
     def _status_refresh_s_now(self) -> float:
         if self._status_refresh_s is not None:
             return self._status_refresh_s
         return max(self.settings.telemetry_interval_s, STATUS_REFRESH_MIN_S)
 
-    def _write_status(self, state_name: str | None = None) -> None:
+    def write_status(self, state_name: str | None = None) -> None:
+        """Rewrite ``status.json`` (``state_name`` overrides the state, e.g. STOPPED)."""
         if self.store is None:
             return
         if state_name is None:
             # Written now: the next periodic refresh is a full period away.
-            self._start_timer(STATUS_TIMER, self._status_refresh_s_now())
-        status = dict(self.status())
+            self.timers.start(STATUS_TIMER, self._status_refresh_s_now())
+        status = dict(self._status())
         if state_name is not None:
             status["state"] = state_name
         try:
@@ -278,34 +288,33 @@ class Router:
 
     # -- DPS --------------------------------------------------------------------------------------
 
-    def _tls(self, what: str, identity: Identity | None = None) -> TlsSettings:
-        from agent.transport import TlsSettings
-
+    def tls(self, link: Link, identity: Identity | None = None) -> TlsSettings:
+        """The TLS settings for a connection to ``link`` as ``identity`` (default: ours)."""
         ident = identity or self.identity
         assert ident is not None
-        ca = self.config.dps.server_ca_path if what == "dps" else self.config.hub.server_ca_path
+        cfg = self.config
+        ca = cfg.dps.server_ca_path if link is Link.DPS else cfg.hub.server_ca_path
         return TlsSettings(ident.cert_chain_path, ident.key_path, ident.key_passphrase, ca)
 
-    def _open(self, kind: str, endpoint: MqttEndpoint) -> None:
-        from agent.transport import MqttTransport
+    def _open(self, link: Link, endpoint: MqttEndpoint) -> None:
+        from agent.runtime.transport import MqttTransport
 
         current = self.transport
-        if current is not None and current.endpoint == endpoint and self._transport_kind == kind:
+        if current is not None and current.endpoint == endpoint and self.link is link:
             current.disconnect()
         else:
-            self._close_transport()
+            self.close_transport()
             self.transport = MqttTransport(
                 endpoint,
-                self._tls(kind),
+                self.tls(link),
                 connect_timeout_s=self.config.lifecycle.connect_timeout_s,
             )
-            self._transport_kind = kind
+            self.link = link
         assert self.transport is not None
         self.transport.start_connect()
 
-    def _connect_dps(self) -> None:
-        from agent.transport import MqttEndpoint
-
+    def connect_dps(self) -> None:
+        """Open a DPS connection and start a registration on it."""
         cfg, ident = self.config, self.identity
         assert ident is not None
         websockets = cfg.dps.transport == "websockets"
@@ -326,7 +335,7 @@ class Router:
         payload = provisioning.registration_payload(
             model=str(cfg.dps.payload.get("model", "device-agent")),
             agent_version=__version__,
-            sensors=[s.name for s in self.sensors],
+            sensors=self.hardware.sensor_names,
             extra=cfg.dps.payload,
         )
         self.registration = provisioning.Registration(
@@ -338,32 +347,29 @@ class Router:
             fallback_time_utc=utc_iso(self.clock.time()),
         )
         log.info("registering with DPS at %s:%d", endpoint.host, endpoint.port)
-        self._open("dps", endpoint)
+        self._open(Link.DPS, endpoint)
 
-    def _dps_actions(self, actions: Sequence[provisioning.DpsAction]) -> None:
+    def dps_actions(self, actions: Sequence[provisioning.DpsAction]) -> None:
+        """Carry out what the DPS registration answered."""
         for action in actions:
             match action:
                 case Subscribe() | Publish():
                     self._send(action)
-                case StartTimer(name=name, delay_s=delay):
-                    self._start_timer(name, delay)
-                case CancelTimer(name=name):
-                    self._timers.pop(name, None)
+                case StartTimer() | CancelTimer():
+                    self._timer_action(action)
                 case provisioning.RegistrationSent():
-                    self._feed(lifecycle.RegistrationSent())
+                    self.feed(lifecycle.RegistrationSent())
                 case provisioning.Assigned(assignment=assignment):
                     self.registration = None
-                    self._feed(lifecycle.ProvisioningSucceeded(assignment))
+                    self.feed(lifecycle.ProvisioningSucceeded(assignment))
                 case provisioning.Failed(error=error, rejected=rejected, retry_after_s=after):
                     self.registration = None
                     log.warning("DPS registration failed: %s", error)
-                    self._feed(lifecycle.ProvisioningFailed(error, rejected, after))
+                    self.feed(lifecycle.ProvisioningFailed(error, rejected, after))
 
     # -- hub -------------------------------------------------------------------------------
 
     def _connect_hub(self, assignment: provisioning.Assignment) -> None:
-        from agent.transport import MqttEndpoint
-
         cfg = self.config
         websockets = cfg.hub.transport == "websockets"
         endpoint = MqttEndpoint(
@@ -385,13 +391,13 @@ class Router:
             settings=self.settings,
             default_interval_s=cfg.telemetry.interval_s,
             context=self._reported_context,
-            status=self.status,
+            status=self._status,
             budget_allows=self._budget_allows,
             twin_get_timeout_s=cfg.lifecycle.connect_timeout_s,
         )
         log.info("connecting to hub %s as %s", assignment.assigned_hub, assignment.device_id)
-        self._open("hub", endpoint)
-        # The session starts talking once CONNACK 0 arrives (see _route).
+        self._open(Link.HUB, endpoint)
+        # The session starts talking once CONNACK 0 arrives (see route).
 
     def _budget_allows(self) -> bool:
         return self.machine.budget_allows() if self.machine else False
@@ -405,38 +411,30 @@ class Router:
             device_id=assignment.device_id if assignment else "",
             provisioned_at=self.provisioned_at,
             last_reprovision_reason=self.last_reprovision_reason,
-            sensors=sensor_infos(self.sensors),
-            errors=self._device_errors(),
+            sensors=sensor_infos(self.hardware.sensors),
+            errors=self.hardware.device_errors(),
         )
 
-    def _device_errors(self) -> dict[str, str]:
-        """The sensors' and the HAL's errors, as the twin and getStatus report them."""
-        errors = dict(self.sensor_errors)
-        if self.hal_error:
-            errors["hal"] = self.hal_error
-        return errors
-
-    def _session_actions(self, actions: Sequence[Any]) -> None:
+    def session_actions(self, actions: Sequence[Any]) -> None:
+        """Carry out what the hub session answered."""
         for action in actions:
             match action:
                 case Publish() | Subscribe():
                     self._send(action)
-                case StartTimer(name=name, delay_s=delay):
-                    self._start_timer(name, delay)
-                case CancelTimer(name=name):
-                    self._timers.pop(name, None)
+                case StartTimer() | CancelTimer():
+                    self._timer_action(action)
                 case SettingsChanged(settings=settings):
                     self._apply_settings(settings)
                 case Reprovision(force=force):
-                    self._timers.pop(EFFECT_TIMER, None)
-                    self._feed(lifecycle.ReprovisionRequested(force=force, reason="direct method"))
+                    self.timers.cancel(EFFECT_TIMER)
+                    self.feed(lifecycle.ReprovisionRequested(force=force, reason="direct method"))
 
     def _apply_settings(self, settings: Settings) -> None:
         old = self.settings.telemetry_interval_s
         self.settings = settings
         if settings.telemetry_interval_s != old:
             log.info("telemetry interval now %g s", settings.telemetry_interval_s)
-            self._start_timer(SAMPLE_TIMER, settings.telemetry_interval_s)
+            self.timers.start(SAMPLE_TIMER, settings.telemetry_interval_s)
 
     def _send(self, action: Publish | Subscribe) -> None:
         transport = self.transport
@@ -451,32 +449,26 @@ class Router:
             # A connection that cannot send is broken: drop it and let the cores react as
             # to any lost connection (in-flight telemetry is released and sent again later).
             log.warning("send failed, dropping the connection: %s", exc)
-            from agent.transport import ConnectionLost
-
             transport.disconnect()
-            self._route(transport, ConnectionLost(f"send failed: {exc}"))
+            self.route(transport, ev.ConnectionLost(f"send failed: {exc}"))
             return
-        if action.tag is not None and self.session is not None and self._transport_kind == "hub":
+        if action.tag is not None and self.session is not None and self.link is Link.HUB:
             self.session.on_published(action.tag, mid)
             if action.tag.startswith("method:") and self.session.has_pending_effects:
-                self._start_timer(EFFECT_TIMER, EFFECT_WAIT_S)
+                self.timers.start(EFFECT_TIMER, EFFECT_WAIT_S)
 
     def _disconnect(self) -> None:
         if self.session is not None:
             self.session.on_disconnected()
             self.session = None
         self.registration = None
-        self._cancel_connection_timers()
+        self.timers.cancel_prefixed(CONNECTION_TIMER_PREFIXES)
         if self.transport is not None:
             self.transport.disconnect()
 
-    def _cancel_connection_timers(self) -> None:
-        """Forget the timers of the connection's protocols (DPS, twin, method effects)."""
-        for name in [n for n in self._timers if n.startswith(("dps.", "twin.", "method."))]:
-            del self._timers[name]
-
-    def _close_transport(self) -> None:
+    def close_transport(self) -> None:
+        """Close the open connection (if any) for good."""
         if self.transport is not None:
             self.transport.close()
         self.transport = None
-        self._transport_kind = None
+        self.link = None

@@ -29,7 +29,7 @@ from agent.config import AgentConfig, load_config, resolve_config_path
 from agent.errors import EX_CONFIG, EX_FAILURE, EX_OK, EX_SOFTWARE, EX_USAGE, AgentError
 
 if TYPE_CHECKING:
-    from agent.checks import CheckResult  # imported at run time only by `check`
+    from agent.cli.check import CheckResult  # imported at run time only by `check`
 
 __all__ = ["build_parser", "main"]
 
@@ -153,7 +153,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 
 
 def _logging(args: argparse.Namespace, level: str) -> None:
-    from agent.logs import setup_logging
+    from agent.runtime.logs import setup_logging
 
     setup_logging("DEBUG" if args.verbose else level)
 
@@ -161,8 +161,8 @@ def _logging(args: argparse.Namespace, level: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     config = _config(args)
     _logging(args, config.log.level)
-    from agent.daemon import run
-    from agent.sdnotify import Notifier
+    from agent.runtime.daemon import run
+    from agent.runtime.sdnotify import Notifier
 
     with Notifier() as notifier:
         # Once the daemon has returned this process only exits: further SIGTERM/SIGINT
@@ -173,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
 def _provision(args: argparse.Namespace) -> int:
     config = _config(args)
     _logging(args, config.log.level)
-    from agent.daemon import provision_once
+    from agent.runtime.daemon import provision_once
 
     assignment = provision_once(config)
     fields = {
@@ -199,7 +199,7 @@ def _provision(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     config = _config(args)
     _logging(args, "WARNING")
-    from agent.state import read_status
+    from agent.store.status import read_status
 
     status = read_status(config.state.directory)
     if args.json:
@@ -241,7 +241,7 @@ def _print_status(status: dict[str, object], out: TextIO) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from agent.checks import CheckResult, run_checks
+    from agent.cli.check import CheckResult, run_checks
 
     _logging(args, "WARNING")
     path = resolve_config_path(args.config, os.environ)
@@ -286,7 +286,7 @@ def _print_result(result: CheckResult) -> None:
 def _image_prep(args: argparse.Namespace) -> int:
     config = _config(args)
     _logging(args, "WARNING")
-    from agent.state import read_status, strip_state
+    from agent.store.status import read_status, strip_state
 
     if read_status(config.state.directory).get("running"):
         print("device-agent: the agent is running; stop it first", file=sys.stderr)

@@ -1,0 +1,206 @@
+"""The keystore's checks in a short-lived child process, so ``cryptography`` stays out.
+
+Theory of operation
+-------------------
+The checks that produce an :class:`~agent.identity.keystore.Identity` (key matches
+certificate, validity, chain to the trust anchors, file modes) need ``cryptography``,
+which costs about 8 MiB of RSS for the life of the process. The long-running daemon
+therefore calls :func:`load_in_child`: it runs ``python -m agent.identity.child`` as a
+short-lived child, sends it the ``[identity]`` config and the time to check against as
+JSON on stdin, and reads back either the identity or the error (class name, message,
+file, fix), rebuilt here as the same :class:`~agent.errors.KeystoreError` leaf the
+keystore raised. The child exits, so its memory goes with it; nothing in the daemon
+imports ``cryptography``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+from agent.config import IdentityConfig
+from agent.errors import CertificateInvalidError, KeyPermissionError, KeystoreError
+from agent.identity.keystore import Identity, open_keystore
+
+__all__ = [
+    "config_from_json",
+    "config_to_json",
+    "error_from_json",
+    "error_to_json",
+    "identity_from_json",
+    "identity_to_json",
+    "load_in_child",
+]
+
+#: The module the child runs (``python -m ...``).
+CHILD_MODULE = "agent.identity.child"
+#: How long the child may take (it imports cryptography and reads a few small files).
+CHILD_TIMEOUT_S = 60.0
+_ERRORS: dict[str, type[KeystoreError]] = {
+    "KeystoreError": KeystoreError,
+    "KeyPermissionError": KeyPermissionError,
+    "CertificateInvalidError": CertificateInvalidError,
+}
+
+
+def identity_to_json(identity: Identity) -> dict[str, object]:
+    """The identity as JSON-compatible data (the passphrase base64-encoded)."""
+    passphrase = identity.key_passphrase
+    return {
+        "registration_id": identity.registration_id,
+        "common_name": identity.common_name,
+        "cert_chain_path": str(identity.cert_chain_path),
+        "key_path": str(identity.key_path),
+        "key_passphrase": None if passphrase is None else base64.b64encode(passphrase).decode(),
+        "thumbprint": identity.thumbprint,
+        "not_before": identity.not_before.isoformat(),
+        "not_after": identity.not_after.isoformat(),
+        "warnings": list(identity.warnings),
+    }
+
+
+def identity_from_json(doc: Mapping[str, object]) -> Identity:
+    """The inverse of :func:`identity_to_json`; raises ``KeyError``/``ValueError`` if malformed."""
+    passphrase = doc["key_passphrase"]
+    warnings = doc.get("warnings", [])
+    if not isinstance(warnings, list):
+        raise ValueError("warnings must be a list")
+    return Identity(
+        registration_id=str(doc["registration_id"]),
+        common_name=str(doc["common_name"]),
+        cert_chain_path=Path(str(doc["cert_chain_path"])),
+        key_path=Path(str(doc["key_path"])),
+        key_passphrase=None if passphrase is None else base64.b64decode(str(passphrase)),
+        thumbprint=str(doc["thumbprint"]),
+        not_before=datetime.fromisoformat(str(doc["not_before"])),
+        not_after=datetime.fromisoformat(str(doc["not_after"])),
+        warnings=tuple(str(w) for w in warnings),
+    )
+
+
+def config_to_json(config: IdentityConfig) -> dict[str, object]:
+    """The ``[identity]`` config as JSON-compatible data (for the child)."""
+    return {
+        "keystore": config.keystore,
+        "cert_chain_path": str(config.cert_chain_path),
+        "key_path": str(config.key_path),
+        "key_passphrase_file": (
+            None if config.key_passphrase_file is None else str(config.key_passphrase_file)
+        ),
+        "trust_anchor_paths": [str(p) for p in config.trust_anchor_paths],
+        "registration_id": config.registration_id,
+    }
+
+
+def config_from_json(doc: Mapping[str, object]) -> IdentityConfig:
+    """The inverse of :func:`config_to_json`."""
+    passphrase_file = doc.get("key_passphrase_file")
+    anchors = doc.get("trust_anchor_paths") or []
+    registration_id = doc.get("registration_id")
+    if not isinstance(anchors, list):
+        raise ValueError("trust_anchor_paths must be a list")
+    return IdentityConfig(
+        keystore="file",
+        cert_chain_path=Path(str(doc["cert_chain_path"])),
+        key_path=Path(str(doc["key_path"])),
+        key_passphrase_file=None if passphrase_file is None else Path(str(passphrase_file)),
+        trust_anchor_paths=tuple(Path(str(p)) for p in anchors),
+        registration_id=None if registration_id is None else str(registration_id),
+    )
+
+
+def error_to_json(exc: KeystoreError) -> dict[str, object]:
+    """A keystore error as the child reports it."""
+    return {
+        "kind": type(exc).__name__,
+        "message": exc.message,
+        "path": None if exc.path is None else str(exc.path),
+        "fix": exc.fix,
+    }
+
+
+def error_from_json(doc: Mapping[str, object]) -> KeystoreError:
+    """The same :class:`KeystoreError` leaf the child raised."""
+    kind = _ERRORS.get(str(doc.get("kind")), KeystoreError)
+    path, fix = doc.get("path"), doc.get("fix")
+    return kind(
+        str(doc.get("message", "identity check failed")),
+        path=None if path is None else Path(str(path)),
+        fix=None if fix is None else str(fix),
+    )
+
+
+def load_in_child(
+    config: IdentityConfig,
+    *,
+    config_path: Path,
+    now: datetime,
+    timeout_s: float = CHILD_TIMEOUT_S,
+) -> Identity:
+    """Run the keystore's checks in ``python -m agent.identity.child``; return the identity.
+
+    Raises the :class:`~agent.errors.KeystoreError` leaf the keystore raised, or a
+    plain :class:`KeystoreError` if the child could not run or answered nonsense.
+    """
+    request = json.dumps(
+        {
+            "identity": config_to_json(config),
+            "config_path": str(config_path),
+            "now": now.isoformat(),
+        }
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", CHILD_MODULE],
+            input=request.encode("utf-8"),
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise KeystoreError(f"could not run the keystore check: {exc}") from exc
+    try:
+        answer = json.loads(done.stdout.decode("utf-8"))
+        if not isinstance(answer, dict):
+            raise ValueError("not an object")
+        if "error" in answer:
+            error = error_from_json(answer["error"])
+        else:
+            return identity_from_json(answer["identity"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+        raise KeystoreError(
+            f"the keystore check failed (exit {done.returncode}): {' '.join(tail) or exc}"
+        ) from exc
+    raise error
+
+
+def _child_main() -> int:
+    """``python -m agent.identity.child``: one check, request on stdin, answer on stdout."""
+    try:
+        request = json.loads(sys.stdin.read())
+        config = config_from_json(request["identity"])
+        config_path = Path(str(request["config_path"]))
+        now = datetime.fromisoformat(str(request["now"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"agent.identity.child: bad request: {exc}", file=sys.stderr)
+        return 64
+    try:
+        identity = open_keystore(config, config_path=config_path).load(now=now)
+    except KeystoreError as exc:
+        answer: dict[str, object] = {"error": error_to_json(exc)}
+    else:
+        answer = {"identity": identity_to_json(identity)}
+    sys.stdout.write(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main())
