@@ -24,6 +24,7 @@ from tests.support.devcloud import (  # noqa: F401
     free_loopback_address,
     mqtt_devices_fixture,
 )
+from tests.support.netns import netns_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -256,12 +257,7 @@ def test_serve_end_to_end_and_state_survives(tmp_path: Path, stop_signal: signal
 #: Run inside a private network namespace: ``devcloud serve`` with no configuration at all,
 #: then the CLI with no ``--url``, so the fixed default addresses clash with nothing.
 _DEFAULTS_DRIVER = r"""
-import fcntl, json, os, signal, socket, struct, subprocess, sys
-SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP, IFREQ = 0x8913, 0x8914, 0x1, "16sh14x"
-with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # "ip link set lo up"
-    current = fcntl.ioctl(probe, SIOCGIFFLAGS, struct.pack(IFREQ, b"lo", 0))
-    flags = struct.unpack(IFREQ, current)[1]
-    fcntl.ioctl(probe, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
+import json, os, signal, subprocess, sys
 env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 serve = subprocess.Popen(
     [sys.executable, "-m", "devcloud", "serve", "--state-dir", *sys.argv[1:]],
@@ -291,7 +287,7 @@ def test_serve_starts_with_the_defaults(tmp_path: Path, memory: bool) -> None:
     state = tmp_path / "state"
     driver = [sys.executable, "-c", _DEFAULTS_DRIVER, str(state), *(["--memory"] * memory)]
     result = subprocess.run(
-        ["unshare", "--net", "--map-root-user", *driver],
+        netns_argv(driver),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -13,26 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.netns import netns_argv
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_make_demo_provisions_sends_telemetry_moves_and_stops_cleanly() -> None:
     result = subprocess.run(
-        [
-            "unshare",
-            "--net",
-            "--map-root-user",
-            # Its own PID namespace: should the demo hang and be killed at the timeout,
-            # devcloud and the agent go with it.
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "sh",
-            "-c",
-            'ip link set lo up && exec "$0" deploy/demo.py',
-            sys.executable,
-        ],
+        # Its own PID namespace: should the demo hang and be killed at the timeout,
+        # devcloud and the agent go with it.
+        netns_argv([sys.executable, "deploy/demo.py"], own_pids=True),
         cwd=ROOT,
         capture_output=True,
         text=True,
