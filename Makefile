@@ -11,9 +11,13 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := python3-venv python3-dev python3-wheel-whl gcc
 SYSTEM_PACKAGES += openssl ca-certificates
 SYSTEM_PACKAGES += systemd
+# make deb (dpkg-deb is in dpkg itself) and the system tests: a debootstrapped bookworm
+# booted with systemd-nspawn, the package served from a local apt repository
+# (dpkg-scanpackages), containers driven with nsenter (util-linux).
+SYSTEM_PACKAGES += dpkg-dev debootstrap systemd-container python3.11
 APT := apt-get -o DPkg::Lock::Timeout=300 -y -q
 
-.PHONY: all demo test lint typecheck pytest sysdeps venv clean
+.PHONY: all demo test lint typecheck pytest sysdeps venv clean deb
 
 all: test
 
@@ -54,5 +58,9 @@ test: lint typecheck pytest
 demo: venv
 	$(PY) deploy/demo.py
 
+# The Debian package for this machine's architecture, in dist/ (deploy/deb/build_deb.py).
+deb: venv
+	$(PY) deploy/deb/build_deb.py --out dist $(DEB_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
