@@ -40,6 +40,11 @@
 #                     the journal through stderr, with priorities.
 #   --wheelhouse DIR  install offline from the wheels in DIR (pip --no-index
 #                     --find-links DIR); pip's own PIP_* environment variables apply too.
+#                     pip builds this checkout in an isolated environment, so DIR must
+#                     also hold the build backend's wheels: setuptools (>= 64) and wheel
+#                     (`pip download -d DIR . setuptools wheel` on a connected machine of
+#                     the same architecture, or Debian's python3-setuptools-whl and
+#                     python3-wheel-whl in /usr/share/python-wheels). It is checked first.
 #
 # Exit status: 0 installed, 1 failed, 64 usage error.
 set -euo pipefail
@@ -145,6 +150,12 @@ fi
     die "$python cannot make virtualenvs (apt-get install python3-venv)"
 [ -f "$example" ] || die "no example config at $example"
 [ -z "$wheelhouse" ] || [ -d "$wheelhouse" ] || die "no wheelhouse folder at $wheelhouse"
+if [ -n "$wheelhouse" ]; then
+    for build_tool in setuptools wheel; do
+        compgen -G "$wheelhouse/$build_tool-*.whl" >/dev/null ||
+            die "no $build_tool wheel in $wheelhouse: building this checkout needs it (see --help, --wheelhouse)"
+    done
+fi
 if [ -e "$link" ] && [ ! -L "$link" ]; then
     die "$link exists and is not a symbolic link; not replacing it"
 fi

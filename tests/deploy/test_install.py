@@ -333,6 +333,18 @@ def test_a_prefix_that_is_not_a_virtualenv_is_not_installed_over(tmp_path: Path)
     assert set(run.tree) == {"opt", "opt/device-agent", "opt/device-agent/data.txt"}
 
 
+def test_a_wheelhouse_without_the_build_tools_is_refused_before_anything(
+    tmp_path: Path,
+) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "setuptools-80.0.0-py3-none-any.whl").write_bytes(b"")
+    run = refused(tmp_path, "--wheelhouse", str(wheels))
+    assert run.returncode == 1
+    assert f"no wheel wheel in {wheels}: building this checkout needs it" in run.output
+    assert run.tree == {}
+
+
 def test_help_prints_the_usage(tmp_path: Path) -> None:
     run = refused(tmp_path, "--help")
     assert run.returncode == 0

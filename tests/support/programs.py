@@ -40,6 +40,13 @@ PROGRAMS: Final[dict[str, str]] = {
     "systemd-analyze": "systemd",
     "systemd-sysusers": "systemd",
     "systemd-tmpfiles": "systemd",
+    # make deb, the image builder and the system tests (tests/support/nspawn.py).
+    "cp": "coreutils",
+    "dpkg-deb": "dpkg",
+    "dpkg-scanpackages": "dpkg-dev",
+    "debootstrap": "debootstrap",
+    "nsenter": "util-linux",
+    "systemd-nspawn": "systemd-container",
 }
 
 #: Packages of ``debootstrap --variant=minbase bookworm`` (Priority: required, and apt).
