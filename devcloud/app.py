@@ -84,6 +84,7 @@ class DevCloud:
         from devcloud.assignment import Assigner
         from devcloud.dps import DpsEndpoint, Provisioner
         from devcloud.hub import HubEndpoint
+        from devcloud.issuance import Issuer
         from devcloud.mqtt.server import MQTTServer
         from devcloud.registry import Registry
         from devcloud.render import HubNames
@@ -107,6 +108,7 @@ class DevCloud:
                     EnrollmentGroup(DEFAULT_GROUP, self._pem(self.pki.intermediate))
                 )
         self.assigner = Assigner(self.registry, self.hub_names)
+        self.issuer = Issuer(self.pki, self.registry)
         self.provisioner: Provisioner = Provisioner(
             self.registry,
             self.assigner,
@@ -114,6 +116,7 @@ class DevCloud:
             assignment_delay_s=cfg.assignment_delay_s,
             registrations_per_second=cfg.registrations_per_second,
             is_revoked=self.pki.is_revoked,
+            issuer=self.issuer,
         )
         self.hubs: dict[str, HubEndpoint] = {
             h.name: HubEndpoint(
@@ -122,6 +125,8 @@ class DevCloud:
                 self.registry,
                 self.telemetry,
                 is_revoked=self.pki.is_revoked,
+                issuer=self.issuer,
+                renewal_delay_s=cfg.assignment_delay_s,
             )
             for h in cfg.hubs
         }

@@ -10,7 +10,8 @@ connection gets a :class:`DpsSession`, which allows one subscription,
 * ``$dps/registrations/PUT/iotdps-register/?$rid=R`` with ``{"registrationId", "payload"}``:
   checked in this order — JSON and registration id (400), throttling (429 with
   ``retry-after``), a revoked leaf (401; see :mod:`devcloud.tls`), enrollment (404
-  unknown / 401 disabled, see :mod:`devcloud.enrollment_match`) — then answered
+  unknown / 401 disabled, see :mod:`devcloud.enrollment_match`), then an optional
+  ``csr`` (certificate issuance, below; 400) — then answered
   ``202 {"operationId", "status": "assigning"}`` while an assignment task runs in the
   background;
 * ``$dps/registrations/GET/iotdps-get-operationstatus/?$rid=R&operationId=O``: 202
@@ -24,6 +25,14 @@ asking connection only; errors carry ``{"errorCode", "message", "trackingId",
 
 The assignment itself lives in :mod:`devcloud.assignment` (allocation policy, reprovision
 policy, creating/moving the device in the hubs).
+
+Certificate issuance (Azure Device Registry, preview): a register request may carry
+``"csr"`` (base64 DER PKCS#10, CN = registration id) when the connection's username says
+``api-version=2025-07-01-preview`` and the matched enrollment names a credential policy;
+otherwise, or for a bad CSR, the answer is 400 (errorCode 400004). The CSR is checked
+before the 202 (:mod:`devcloud.issuance`); once the assignment succeeds the policy's CA
+signs it, and the assigned ``registrationState`` carries ``issuedCertificateChain``
+(base64 DER: leaf, issuing CA, root). The hubs trust that CA.
 """
 
 from __future__ import annotations
@@ -51,7 +60,8 @@ from devcloud.errors import (
     ThrottledError,
     UnauthorizedError,
 )
-from devcloud.model import Enrollment, JsonObject, Registration
+from devcloud.issuance import ISSUANCE_API_VERSION, Issuer, b64_der, check_csr, decode_csr
+from devcloud.model import CredentialPolicy, Enrollment, IssuedVia, JsonObject, Registration
 from devcloud.mqtt.endpoint import (
     CONNACK_ACCEPTED,
     CONNACK_BAD_USERNAME_OR_PASSWORD,
@@ -101,6 +111,16 @@ class Operation:
     status: str  # "assigning" | "assigned" | "failed"
     registration: Registration | None = None
     error: DevCloudError | None = None
+    #: ``issuedCertificateChain`` of an assignment that issued a certificate.
+    issued_chain: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """A checked CSR and the policy that will sign it once the device is assigned."""
+
+    csr: x509.CertificateSigningRequest
+    policy: CredentialPolicy
 
 
 def _query(topic: str) -> dict[str, str]:
@@ -122,9 +142,11 @@ class Provisioner:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         is_revoked: RevocationCheck | None = None,
+        issuer: Issuer | None = None,
     ) -> None:
         self.registry = registry
         self.is_revoked = is_revoked
+        self.issuer = issuer
         self.assigner = assigner
         self.id_scope = id_scope
         self.assignment_delay_s = assignment_delay_s
@@ -165,6 +187,7 @@ class Provisioner:
         enrollment = match_enrollment(
             registration_id, chain, self.registry.enrollments(), self.registry.groups()
         )
+        issue = self._issue_request(registration_id, request, enrollment)
         operation = Operation(
             operation_id=f"4.{self._rng.getrandbits(64):016x}.{self.tracking_id()}",
             registration_id=registration_id,
@@ -172,11 +195,25 @@ class Provisioner:
         )
         self._remember(operation)
         task = asyncio.get_running_loop().create_task(
-            self._assign(operation, enrollment, request.get("payload"), list(chain))
+            self._assign(operation, enrollment, request.get("payload"), list(chain), issue)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return operation
+
+    def _issue_request(
+        self, registration_id: str, request: dict[str, Any], enrollment: Enrollment
+    ) -> IssueRequest | None:
+        if "csr" not in request:
+            return None
+        name = enrollment.credential_policy
+        if name is None or self.issuer is None:
+            raise InvalidRequestError(
+                "the enrollment names no credential policy: DPS cannot issue a certificate"
+            )
+        policy = self.registry.get_policy(name)
+        csr = check_csr(decode_csr(request["csr"]), registration_id)
+        return IssueRequest(csr, policy)
 
     def _remember(self, operation: Operation) -> None:
         self._operations[operation.operation_id] = operation
@@ -190,6 +227,7 @@ class Provisioner:
         enrollment: Enrollment,
         payload: Any,
         chain: list[x509.Certificate],
+        issue: IssueRequest | None,
     ) -> None:
         if self.assignment_delay_s > 0:
             await asyncio.sleep(self.assignment_delay_s)
@@ -200,8 +238,21 @@ class Provisioner:
         except DevCloudError as exc:
             self._remember(replace(operation, status="failed", error=exc))
             return
+        issued: tuple[str, ...] = ()
+        if issue is not None and self.issuer is not None:
+            certs = self.issuer.issue(
+                issue.csr,
+                issue.policy,
+                registration_id=registration.registration_id,
+                device_id=registration.device_id,
+                hub=registration.assigned_hub,
+                via=IssuedVia.DPS,
+            )
+            issued = tuple(b64_der(cert) for cert in certs)
         self.registry.count_assignment(operation.registration_id)
-        self._remember(replace(operation, status="assigned", registration=registration))
+        self._remember(
+            replace(operation, status="assigned", registration=registration, issued_chain=issued)
+        )
 
     def operation(self, registration_id: str, operation_id: str) -> Operation:
         """The operation, if it belongs to ``registration_id``; else :class:`NotFoundError`."""
@@ -245,20 +296,23 @@ class Provisioner:
             }
         reg = operation.registration
         assert reg is not None
+        state: JsonObject = {
+            "registrationId": reg.registration_id,
+            "createdDateTimeUtc": reg.created,
+            "assignedHub": self.assigner.hubs.hostname(reg.assigned_hub),
+            "deviceId": reg.device_id,
+            "status": "assigned",
+            "substatus": reg.substatus,
+            "lastUpdatedDateTimeUtc": reg.updated,
+            "etag": reg.etag,
+            "payload": reg.payload,
+        }
+        if operation.issued_chain:
+            state["issuedCertificateChain"] = list(operation.issued_chain)
         return {
             "operationId": operation.operation_id,
             "status": "assigned",
-            "registrationState": {
-                "registrationId": reg.registration_id,
-                "createdDateTimeUtc": reg.created,
-                "assignedHub": self.assigner.hubs.hostname(reg.assigned_hub),
-                "deviceId": reg.device_id,
-                "status": "assigned",
-                "substatus": reg.substatus,
-                "lastUpdatedDateTimeUtc": reg.updated,
-                "etag": reg.etag,
-                "payload": reg.payload,
-            },
+            "registrationState": state,
         }
 
 
@@ -279,19 +333,26 @@ class DpsEndpoint:
             return CONNACK_NOT_AUTHORIZED, None
         if not leaf_accepted(request.cert_chain, request.client_id, None):
             return CONNACK_NOT_AUTHORIZED, None
-        return CONNACK_ACCEPTED, DpsSession(self.provisioner, request, connection)
+        api_version = parts[3][len("api-version=") :].split("&", 1)[0]
+        return CONNACK_ACCEPTED, DpsSession(self.provisioner, request, connection, api_version)
 
 
 class DpsSession:
     """One device's DPS connection."""
 
     def __init__(
-        self, provisioner: Provisioner, request: ConnectRequest, connection: Connection
+        self,
+        provisioner: Provisioner,
+        request: ConnectRequest,
+        connection: Connection,
+        api_version: str = "2019-03-31",
     ) -> None:
         self.provisioner = provisioner
         self.registration_id = request.client_id
         self.chain = tuple(request.cert_chain)
         self.connection = connection
+        #: The api-version of the CONNECT username (decides whether ``csr`` is known).
+        self.api_version = api_version
 
     def on_subscribe(self, topic_filter: str, qos: int) -> int:
         """Grant only ``$dps/registrations/res/#``."""
@@ -302,6 +363,7 @@ class DpsSession:
         if topic.startswith(REGISTER_PREFIX):
             rid = _query(topic).get("$rid", "")
             try:
+                self._check_api_version(payload)
                 operation = self.provisioner.begin(self.registration_id, payload, self.chain)
             except DevCloudError as exc:
                 self._error(rid, exc)
@@ -322,6 +384,20 @@ class DpsSession:
             self._respond(202 if assigning else 200, rid, body, retry=assigning)
         else:
             raise ProtocolViolation(f"DPS does not accept PUBLISH on {topic!r}")
+
+    def _check_api_version(self, payload: bytes) -> None:
+        """A ``csr`` field is only known to the issuance api-version (else 400)."""
+        if self.api_version == ISSUANCE_API_VERSION or b'"csr"' not in payload:
+            return
+        try:
+            request = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return  # begin() answers that
+        if isinstance(request, dict) and "csr" in request:
+            raise InvalidRequestError(
+                f"the 'csr' field needs api-version={ISSUANCE_API_VERSION}, "
+                f"not {self.api_version!r}"
+            )
 
     def on_disconnect(self, reason: str) -> None:
         """Nothing to release: assignments in flight complete regardless."""

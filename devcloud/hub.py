@@ -3,7 +3,8 @@
 Theory of operation. :class:`HubEndpoint` implements the server's
 :class:`~devcloud.mqtt.endpoint.Endpoint` for one hub. CONNECT is accepted when the
 username is ``{anyHostname}/{clientId}/...``, the device exists in this hub and is
-enabled, and the TLS leaf's CN is the device id and the leaf is not revoked; otherwise
+enabled, and the TLS leaf's CN is the device id and the leaf is not revoked (nor an
+issued certificate a test marked refused); otherwise
 CONNACK 5 (4 when the username cannot be parsed). A second connection for the same
 device closes the first.
 
@@ -17,7 +18,10 @@ A :class:`HubSession` grants exactly four subscriptions — ``devices/{id}/messa
 * ``$iothub/twin/GET/?$rid=R``: answered ``$iothub/twin/res/200/?$rid=R`` with the twin;
 * ``$iothub/twin/PATCH/properties/reported/?$rid=R``: merged, answered
   ``res/204/?$rid=R&$version=N`` (400 when the body is not a JSON object);
-* ``$iothub/methods/res/{status}/?$rid=R``: completes the service's pending invocation.
+* ``$iothub/methods/res/{status}/?$rid=R``: completes the service's pending invocation;
+* ``$iothub/credentials/POST/issueCertificate/?$rid=R``: certificate renewal, answered by
+  :class:`~devcloud.credentials.RenewalService` (needs ``$iothub/credentials/res/#``,
+  the fifth filter a session grants).
 
 Any other topic, another device's id, or a message over 256 KiB raises
 :class:`~devcloud.mqtt.endpoint.ProtocolViolation`, and the server closes the connection,
@@ -39,13 +43,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from devcloud.enrollment_match import RevocationCheck, leaf_accepted
+from devcloud.credentials import CREDENTIALS_FILTER, ISSUE_PREFIX, RenewalService
+from devcloud.enrollment_match import RevocationCheck, leaf_accepted, thumbprint
 from devcloud.errors import (
     DeviceNotOnlineError,
     InvalidRequestError,
     MethodTimeoutError,
     NotFoundError,
 )
+from devcloud.issuance import Issuer
 from devcloud.mqtt.codec import MalformedPacket, validate_topic_name
 from devcloud.mqtt.endpoint import (
     CONNACK_ACCEPTED,
@@ -122,6 +128,8 @@ class HubEndpoint:
         telemetry: TelemetryLog,
         *,
         is_revoked: RevocationCheck | None = None,
+        issuer: Issuer | None = None,
+        renewal_delay_s: float = 0.05,
     ) -> None:
         self.name = name
         self.hostname = hostname
@@ -134,6 +142,14 @@ class HubEndpoint:
         self._pending: dict[str, tuple[str, asyncio.Future[MethodResponse]]] = {}
         self._rids = itertools.count(1)
         self._message_ids = itertools.count(1)
+        #: The certificate renewal endpoint (None: this hub issues no certificates).
+        self.renewals = (
+            RenewalService(
+                name, registry, issuer, self._deliver_credentials, delay_s=renewal_delay_s
+            )
+            if issuer is not None
+            else None
+        )
         registry.add_listener(self._on_registry_event)
 
     # -- Endpoint ---------------------------------------------------------------------------
@@ -152,6 +168,8 @@ class HubEndpoint:
         if device is None or not device.enabled:
             return CONNACK_NOT_AUTHORIZED, None
         if not leaf_accepted(request.cert_chain, device_id, self.is_revoked):
+            return CONNACK_NOT_AUTHORIZED, None
+        if self.registry.certificate_refused(thumbprint(request.cert_chain[0])):
             return CONNACK_NOT_AUTHORIZED, None
         old = self.sessions.get(device_id)
         if old is not None:
@@ -228,6 +246,11 @@ class HubEndpoint:
             topic, body = queue.popleft()
             session.connection.publish(topic, body, 1)
 
+    def _deliver_credentials(self, device_id: str, topic: str, payload: bytes) -> None:
+        session = self.sessions.get(device_id)
+        if session is not None and CREDENTIALS_FILTER in session.subscriptions:
+            session.connection.publish(topic, payload, 0)
+
     def _on_registry_event(self, event: RegistryEvent) -> None:
         if event.hub != self.name:
             return
@@ -236,6 +259,8 @@ class HubEndpoint:
             if event.device is None:
                 self._kept_subscriptions.pop(event.device_id, None)
                 self._c2d.pop(event.device_id, None)
+                if self.renewals is not None:
+                    self.renewals.forget(event.device_id)
             if session is not None and (event.device is None or not event.device.enabled):
                 reason = "device deleted" if event.device is None else "device disabled"
                 self._drop(session)
@@ -286,9 +311,11 @@ class HubSession:
         #: The granted filters; shared with the hub's memory for clean-session-0 clients.
         self.subscriptions: set[str] = kept if kept is not None else set()
         self.allowed = {c2d_filter(device_id), TWIN_RES_FILTER, DESIRED_FILTER, METHODS_FILTER}
+        if hub.renewals is not None:
+            self.allowed.add(CREDENTIALS_FILTER)
 
     def on_subscribe(self, topic_filter: str, qos: int) -> int:
-        """Grant the four IoT Hub filters, refuse anything else (0x80)."""
+        """Grant the IoT Hub filters (credentials too if the hub issues), refuse others (0x80)."""
         if topic_filter not in self.allowed:
             return 0x80
         self.subscriptions.add(topic_filter)
@@ -323,6 +350,8 @@ class HubSession:
             except ValueError:
                 raise ProtocolViolation(f"method status is not a number: {topic!r}") from None
             self.hub._method_answer(self.device_id, _rid(topic), status, payload)
+        elif topic.startswith(ISSUE_PREFIX) and self.hub.renewals is not None:
+            self.hub.renewals.request(self.device_id, topic, payload)
         else:
             raise ProtocolViolation(f"devices may not publish on {topic!r}")
 

@@ -126,6 +126,8 @@ class EnrollmentGroup:
     reprovision: ReprovisionPolicy = ReprovisionPolicy.MIGRATE
     initial_twin: InitialTwin = field(default_factory=InitialTwin)
     enabled: bool = True
+    #: The credential policy whose issuing CA signs the CSRs of its devices, if any.
+    credential_policy: str | None = None
     etag: str = ""
     created: str = ""
     updated: str = ""
@@ -146,6 +148,7 @@ class EnrollmentGroup:
             "reprovision": self.reprovision.value,
             "initialTwin": self.initial_twin.to_record(),
             "enabled": self.enabled,
+            "credentialPolicy": self.credential_policy,
             "etag": self.etag,
             "created": self.created,
             "updated": self.updated,
@@ -163,6 +166,7 @@ class EnrollmentGroup:
             reprovision=ReprovisionPolicy(rec["reprovision"]),
             initial_twin=InitialTwin.from_record(rec.get("initialTwin") or {}),
             enabled=bool(rec["enabled"]),
+            credential_policy=rec.get("credentialPolicy"),
             etag=rec.get("etag", ""),
             created=rec.get("created", ""),
             updated=rec.get("updated", ""),
@@ -186,6 +190,8 @@ class IndividualEnrollment:
     reprovision: ReprovisionPolicy = ReprovisionPolicy.MIGRATE
     initial_twin: InitialTwin = field(default_factory=InitialTwin)
     enabled: bool = True
+    #: The credential policy whose issuing CA signs the CSRs of its devices, if any.
+    credential_policy: str | None = None
     etag: str = ""
     created: str = ""
     updated: str = ""
@@ -202,6 +208,7 @@ class IndividualEnrollment:
             "reprovision": self.reprovision.value,
             "initialTwin": self.initial_twin.to_record(),
             "enabled": self.enabled,
+            "credentialPolicy": self.credential_policy,
             "etag": self.etag,
             "created": self.created,
             "updated": self.updated,
@@ -220,6 +227,7 @@ class IndividualEnrollment:
             reprovision=ReprovisionPolicy(rec["reprovision"]),
             initial_twin=InitialTwin.from_record(rec.get("initialTwin") or {}),
             enabled=bool(rec["enabled"]),
+            credential_policy=rec.get("credentialPolicy"),
             etag=rec.get("etag", ""),
             created=rec.get("created", ""),
             updated=rec.get("updated", ""),
@@ -366,6 +374,119 @@ class Registration:
             enrollment=rec["enrollment"],
             payload=rec.get("payload"),
         )
+
+
+#: Bounds of a credential policy's leaf validity (Azure's docs say 7-90 days today).
+MIN_VALIDITY_DAYS = 1
+MAX_VALIDITY_DAYS = 90
+
+
+@dataclass(frozen=True)
+class CredentialPolicy:
+    """An Azure Device Registry credential policy: an issuing CA and a leaf validity."""
+
+    name: str
+    validity_days: int = 30
+    etag: str = ""
+    created: str = ""
+    updated: str = ""
+
+    def to_record(self) -> JsonObject:
+        """This record as the JSON object the store keeps."""
+        return {
+            "name": self.name,
+            "validityDays": self.validity_days,
+            "etag": self.etag,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> CredentialPolicy:
+        """Rebuild from what :meth:`to_record` made (as loaded from the store)."""
+        return cls(
+            name=rec["name"],
+            validity_days=int(rec["validityDays"]),
+            etag=rec.get("etag", ""),
+            created=rec.get("created", ""),
+            updated=rec.get("updated", ""),
+        )
+
+
+class IssuedVia(StrEnum):
+    """Which endpoint signed a certificate."""
+
+    DPS = "dps"
+    HUB = "hub"
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate devcloud signed from a device's CSR."""
+
+    thumbprint: str
+    serial: str
+    registration_id: str
+    device_id: str
+    hub: str
+    policy: str
+    not_before: str
+    not_after: str
+    via: IssuedVia
+    issued: str
+    #: The hub refuses this certificate at CONNECT (a test asked for a failed renewal).
+    refused: bool = False
+
+    def to_record(self) -> JsonObject:
+        """This record as the JSON object the store keeps."""
+        return {
+            "thumbprint": self.thumbprint,
+            "serial": self.serial,
+            "registrationId": self.registration_id,
+            "deviceId": self.device_id,
+            "hub": self.hub,
+            "policy": self.policy,
+            "notBefore": self.not_before,
+            "notAfter": self.not_after,
+            "via": self.via.value,
+            "issued": self.issued,
+            "refused": self.refused,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> IssuedCertificate:
+        """Rebuild from what :meth:`to_record` made (as loaded from the store)."""
+        return cls(
+            thumbprint=rec["thumbprint"],
+            serial=rec["serial"],
+            registration_id=rec["registrationId"],
+            device_id=rec["deviceId"],
+            hub=rec["hub"],
+            policy=rec["policy"],
+            not_before=rec["notBefore"],
+            not_after=rec["notAfter"],
+            via=IssuedVia(rec["via"]),
+            issued=rec["issued"],
+            refused=bool(rec.get("refused", False)),
+        )
+
+
+class RefusalMode(StrEnum):
+    """How the hub refuses a device's renewals (a test's fault injection)."""
+
+    #: Answer issueCertificate with an error (after the 202).
+    ERROR = "error"
+    #: Issue the certificate, then refuse CONNECT with it (CONNACK 5).
+    CONNECT = "connect"
+
+
+@dataclass(frozen=True)
+class RenewalRefusal:
+    """The hub refuses this device's certificate renewals until told otherwise."""
+
+    mode: RefusalMode = RefusalMode.ERROR
+    #: The ``errorCode`` answered in ``error`` mode (400040 CredentialOperationFailed).
+    error_code: int = 400040
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,15 @@ Layout of the directory::
     devices/<stem>.chain.pem      leaf + intermediate (leaf only if signed by the root)
     devices/<stem>.key            device private key (0600, optionally encrypted)
     servers/<stem>.pem            server certificate; .chain.pem and .key as for devices
+    policies/<name>/ca.pem        issuing CA of a credential policy (P-384, signed by the root)
+    policies/<name>/ca.key        its private key (0600)
+    policies/<name>/ca.crl.pem    its CRL
+
+Credential policies (certificate issuance from CSRs, as Azure Device Registry's policies
+do it): :meth:`PKI.issuing_ca` creates or loads the issuing CA of one policy (created
+once, atomically, like the root; never replaced), and :meth:`PKI.sign_csr` signs a
+checked CSR with it. Its CRL joins :attr:`PKI.crl_paths`, and :meth:`PKI.is_revoked`
+and :meth:`PKI.revoke` know its certificates.
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -120,6 +129,17 @@ class Issued:
     def thumbprint(self) -> str:
         """SHA-256 of the DER certificate, hex upper-case, as the Azure portal shows it."""
         return thumbprint(self.cert)
+
+
+@dataclass(frozen=True)
+class IssuingCA:
+    """The issuing CA of one credential policy (signed by the root)."""
+
+    name: str
+    cert: x509.Certificate
+    cert_path: Path
+    crl_path: Path
+    key: CAPrivateKey = field(repr=False)
 
 
 def thumbprint(cert: x509.Certificate) -> str:
@@ -276,8 +296,6 @@ class PKI:
     intermediate: x509.Certificate
     intermediate_path: Path
     ca_bundle_path: Path
-    #: One CRL per CA (root, intermediate), PEM, always present.
-    crl_paths: list[Path]
 
     def __init__(
         self,
@@ -297,11 +315,21 @@ class PKI:
         self.ca_bundle_path = ca / "ca-bundle.pem"
         self.root_crl_path = ca / "root.crl.pem"
         self.intermediate_crl_path = ca / "intermediate.crl.pem"
-        self.crl_paths = [self.root_crl_path, self.intermediate_crl_path]
+        self.policies_dir = directory / "policies"
+        self._issuing_cas: dict[str, IssuingCA] = {}
         self.root = x509.load_pem_x509_certificate(self.root_path.read_bytes())
         self.intermediate = x509.load_pem_x509_certificate(self.intermediate_path.read_bytes())
         self._root_key = root_key
         self._intermediate_key = intermediate_key
+
+    @property
+    def crl_paths(self) -> list[Path]:
+        """One CRL per CA (root, intermediate, then each policy's issuing CA), PEM."""
+        return [
+            self.root_crl_path,
+            self.intermediate_crl_path,
+            *(ca.crl_path for ca in self.issuing_cas()),
+        ]
 
     # ----------------------------------------------------------------- creation
 
@@ -543,15 +571,131 @@ class PKI:
                 return stem
         raise PKIError(f"{folder}: no free file name for {wanted!r} in {MAX_STEMS} tries")
 
+    # ----------------------------------------------------------------- credential policies
+
+    def issuing_ca(self, policy: str) -> IssuingCA:
+        """The issuing CA of credential policy ``policy``, created on first use."""
+        stem = _UNSAFE_STEM.sub("_", policy)
+        if not policy or stem in {".", ".."}:
+            raise ValueError(f"cannot make a CA directory name from {policy!r}")
+        known = self._issuing_cas.get(stem)
+        if known is not None:
+            return known
+        folder = self.policies_dir / stem
+        with _locked(self.directory):
+            if not (folder / "ca.pem").is_file():
+                self._build_issuing_ca(folder, policy)
+        return self._load_issuing_ca(folder)
+
+    def _build_issuing_ca(self, folder: Path, policy: str) -> None:
+        now = _whole_seconds(self._clock())
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".policy-", dir=folder.parent))
+        try:
+            key = ec.generate_private_key(ec.SECP384R1())
+            cert = _ca_certificate(
+                _ca_name(self.name, f"Issuing CA {policy}"),
+                key=key,
+                issuer=self.root.subject,
+                issuer_key=self._root_key,
+                path_length=0,
+                now=now,
+            )
+            _write_atomic(staging / "ca.key", _key_pem(key), 0o600)
+            _write_atomic(staging / "ca.pem", _cert_pem(cert))
+            crl = _empty_crl(cert, key, now)
+            _write_atomic(staging / "ca.crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+            staging.chmod(0o755)
+            os.rename(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def _load_issuing_ca(self, folder: Path) -> IssuingCA:
+        try:
+            found = IssuingCA(
+                name=folder.name,
+                cert=x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes()),
+                cert_path=folder / "ca.pem",
+                crl_path=folder / "ca.crl.pem",
+                key=_load_ca_key(folder / "ca.key"),
+            )
+        except (OSError, ValueError) as exc:
+            raise PKIMismatchError(f"{folder}: not a usable issuing CA: {exc}") from exc
+        self._issuing_cas[folder.name] = found
+        return found
+
+    def issuing_cas(self) -> list[IssuingCA]:
+        """Every policy's issuing CA on disk (made by this or another process), by name."""
+        if not self.policies_dir.is_dir():
+            return []
+        found = []
+        for folder in sorted(self.policies_dir.iterdir()):
+            if folder.name.startswith(".") or not (folder / "ca.pem").is_file():
+                continue
+            known = self._issuing_cas.get(folder.name)
+            found.append(known if known is not None else self._load_issuing_ca(folder))
+        return found
+
+    def sign_csr(
+        self,
+        csr: x509.CertificateSigningRequest,
+        ca: IssuingCA,
+        *,
+        validity: timedelta,
+        not_before: datetime | None = None,
+    ) -> x509.Certificate:
+        """A clientAuth leaf for ``csr``'s subject and key, signed by ``ca`` (SHA-384).
+
+        The CSR must already be checked (signature, subject, key): this only signs.
+        """
+        start = _whole_seconds(not_before or self._clock() - BACKDATE)
+        end = start + validity
+        if end <= start:
+            raise ValidityWindowError(f"validity {validity} is not positive")
+        public_key = csr.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+            raise ValueError(f"unsupported CSR key type {type(public_key).__name__}")
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(ca.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
+            .add_extension(_aki(ca.key), critical=False)
+        )
+        return builder.sign(ca.key, hashes.SHA384())
+
     # ----------------------------------------------------------------- revocation
 
     def _issuing_ca(
         self, cert: x509.Certificate
     ) -> tuple[x509.Certificate, CAPrivateKey, Path] | None:
-        for ca, key, crl_path in (
+        candidates = [
             (self.intermediate, self._intermediate_key, self.intermediate_crl_path),
             (self.root, self._root_key, self.root_crl_path),
-        ):
+            *((ca.cert, ca.key, ca.crl_path) for ca in self.issuing_cas()),
+        ]
+        for ca, key, crl_path in candidates:
             if cert.issuer != ca.subject:
                 continue
             try:

@@ -20,10 +20,15 @@ from typing import Any
 
 from devcloud.errors import ConflictError, InvalidRequestError, NotFoundError
 from devcloud.model import (
+    MAX_VALIDITY_DAYS,
+    MIN_VALIDITY_DAYS,
+    CredentialPolicy,
     Device,
     EnrollmentGroup,
     IndividualEnrollment,
+    IssuedCertificate,
     Registration,
+    RenewalRefusal,
     Twin,
     merge_patch,
     new_etag,
@@ -101,7 +106,15 @@ class Registry:
             k: {"attempts": int(v["attempts"]), "assignments": int(v["assignments"])}
             for k, v in self._store.load("stats").items()
         }
-        #: Bumped whenever the set of enrollment-group CAs may have changed (TLS trust).
+        self._policies = {
+            k: CredentialPolicy.from_record(v) for k, v in self._store.load("policy").items()
+        }
+        self._issued = {
+            k: IssuedCertificate.from_record(v) for k, v in self._store.load("issued").items()
+        }
+        #: Fault injection for tests (not persisted): (hub, device id) -> refusal.
+        self._refusals: dict[str, RenewalRefusal] = {}
+        #: Bumped whenever the set of trusted CAs may have changed (groups, policies).
         self.trust_generation = 0
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -109,6 +122,10 @@ class Registry:
     def now(self) -> str:
         """The current time in Azure's format."""
         return utc_iso(self._clock())
+
+    def current_time(self) -> datetime:
+        """The current time (timezone-aware), from the registry's clock."""
+        return self._clock()
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every :data:`RegistryEvent` from now on."""
@@ -136,6 +153,7 @@ class Registry:
         """Create or replace an enrollment group; stamps etag and times."""
         _check_id("enrollment group id", group.group_id)
         self.check_hubs(group.iot_hubs)
+        self._check_policy_reference(group.credential_policy)
         _ = group.thumbprint  # validates the PEM
         now = self.now()
         old = self._groups.get(group.group_id)
@@ -176,6 +194,7 @@ class Registry:
         if enrollment.device_id is not None:
             _check_id("device id", enrollment.device_id)
         self.check_hubs(enrollment.iot_hubs)
+        self._check_policy_reference(enrollment.credential_policy)
         now = self.now()
         old = self._enrollments.get(enrollment.registration_id)
         enrollment = replace(
@@ -355,6 +374,117 @@ class Registry:
         )
         self._set_twin(hub, device_id, twin)
         return twin
+
+    # -- credential policies, issued certificates, renewal refusals ------------------------
+
+    def _check_policy_reference(self, name: str | None) -> None:
+        if name is not None and name not in self._policies:
+            raise InvalidRequestError(
+                f"unknown credential policy {name!r}; policies are {sorted(self._policies)}"
+            )
+
+    def put_policy(self, policy: CredentialPolicy) -> CredentialPolicy:
+        """Create or replace a credential policy (validity 1-90 days)."""
+        _check_id("credential policy name", policy.name)
+        if not MIN_VALIDITY_DAYS <= policy.validity_days <= MAX_VALIDITY_DAYS:
+            raise InvalidRequestError(
+                f"validity must be {MIN_VALIDITY_DAYS}-{MAX_VALIDITY_DAYS} days, "
+                f"not {policy.validity_days}"
+            )
+        now = self.now()
+        old = self._policies.get(policy.name)
+        policy = replace(
+            policy,
+            created=old.created if old else now,
+            updated=now,
+            etag=new_etag(policy.to_record(), now, secrets.token_hex(4)),
+        )
+        self._policies[policy.name] = policy
+        self._store.put("policy", policy.name, policy.to_record())
+        self.trust_generation += 1
+        return policy
+
+    def get_policy(self, name: str) -> CredentialPolicy:
+        """The credential policy, or :class:`NotFoundError`."""
+        try:
+            return self._policies[name]
+        except KeyError:
+            raise NotFoundError(f"credential policy {name!r} not found") from None
+
+    def policies(self) -> list[CredentialPolicy]:
+        """Every credential policy, sorted by name."""
+        return [self._policies[k] for k in sorted(self._policies)]
+
+    def delete_policy(self, name: str) -> None:
+        """Delete a policy no enrollment names (else :class:`ConflictError`).
+
+        Certificates it issued stay valid, as in Azure: its CA stays trusted.
+        """
+        self.get_policy(name)
+        users = [g.group_id for g in self._groups.values() if g.credential_policy == name]
+        users += [
+            e.registration_id for e in self._enrollments.values() if e.credential_policy == name
+        ]
+        if users:
+            raise ConflictError(f"credential policy {name!r} is used by enrollments {users}")
+        del self._policies[name]
+        self._store.delete("policy", name)
+
+    def enrollment_policy(self, enrollment: str) -> CredentialPolicy | None:
+        """The policy of a registration's enrollment (``"group:ID"``/``"individual:ID"``)."""
+        kind, _, key = enrollment.partition(":")
+        record: EnrollmentGroup | IndividualEnrollment | None
+        record = self._groups.get(key) if kind == "group" else self._enrollments.get(key)
+        if record is None or record.credential_policy is None:
+            return None
+        return self._policies.get(record.credential_policy)
+
+    def device_policy(self, hub: str, device_id: str) -> CredentialPolicy | None:
+        """The credential policy that renews this device's certificate, if any.
+
+        That is the policy of the enrollment that last assigned it through DPS.
+        """
+        device = self.device(hub, device_id)
+        if device is None or device.registration_id is None:
+            return None
+        registration = self._registrations.get(device.registration_id)
+        if registration is None or registration.assigned_hub != hub:
+            return None
+        return self.enrollment_policy(registration.enrollment)
+
+    def record_issued(self, issued: IssuedCertificate) -> None:
+        """Remember a certificate devcloud signed."""
+        self._issued[issued.thumbprint] = issued
+        self._store.put("issued", issued.thumbprint, issued.to_record())
+
+    def issued_certificates(
+        self, *, device_id: str | None = None, registration_id: str | None = None
+    ) -> list[IssuedCertificate]:
+        """Certificates devcloud signed (optionally for one device), oldest first."""
+        found = [
+            c
+            for c in self._issued.values()
+            if (device_id is None or c.device_id == device_id)
+            and (registration_id is None or c.registration_id == registration_id)
+        ]
+        return sorted(found, key=lambda c: (c.issued, c.thumbprint))
+
+    def certificate_refused(self, thumbprint: str) -> bool:
+        """Whether the hubs refuse this issued certificate at CONNECT."""
+        found = self._issued.get(thumbprint)
+        return found is not None and found.refused
+
+    def set_renewal_refusal(self, hub: str, device_id: str, refusal: RenewalRefusal | None) -> None:
+        """Make the hub refuse (or, with None, accept again) this device's renewals."""
+        self.get_device(hub, device_id)
+        if refusal is None:
+            self._refusals.pop(_key(hub, device_id), None)
+        else:
+            self._refusals[_key(hub, device_id)] = refusal
+
+    def renewal_refusal(self, hub: str, device_id: str) -> RenewalRefusal | None:
+        """The refusal set for this device, if any."""
+        return self._refusals.get(_key(hub, device_id))
 
     # -- registrations and DPS statistics ---------------------------------------------------
 
