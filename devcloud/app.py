@@ -160,6 +160,7 @@ class DevCloud:
                 telemetry=self.telemetry,
                 provisioner=self.provisioner,
                 ca_lookup=self.ca_pem,
+                pki=self.pki,
                 describe_hubs=self.describe_hubs,
                 describe_dps=self.describe_dps,
             )

@@ -122,6 +122,9 @@ def _allocation_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--initial-twin", type=_json_arg, help="initial desired properties (JSON)")
     parser.add_argument("--disabled", action="store_true", help="provisioningStatus disabled")
+    parser.add_argument(
+        "--credential-policy", help="credential policy that signs the devices' CSRs"
+    )
 
 
 def _cmd_group_put(args: argparse.Namespace) -> int:
@@ -136,6 +139,7 @@ def _cmd_group_put(args: argparse.Namespace) -> int:
             reprovision_policy=args.reprovision,
             initial_desired=args.initial_twin,
             enabled=not args.disabled,
+            credential_policy=args.credential_policy,
         )
     )
 
@@ -165,6 +169,7 @@ def _cmd_enrollment_put(args: argparse.Namespace) -> int:
             reprovision_policy=args.reprovision,
             initial_desired=args.initial_twin,
             enabled=not args.disabled,
+            credential_policy=args.credential_policy,
         )
     )
 
@@ -381,6 +386,49 @@ def build_parser(with_pki: bool = False) -> argparse.ArgumentParser:
     tail.set_defaults(func=_cmd_tail)
 
     commands.add_parser("hubs", help="list hubs").set_defaults(func=_simple(lambda c, a: c.hubs()))
+
+    policy = commands.add_parser("policy", help="credential policies (certificate issuance)")
+    policy.set_defaults(func=_usage(policy))
+    psub = policy.add_subparsers(dest="action", metavar="ACTION")
+    pput = psub.add_parser("put", help="create or replace a policy (and its issuing CA)")
+    pput.add_argument("name")
+    pput.add_argument("--days", type=int, default=30, help="leaf validity, 1-90 days")
+    pput.set_defaults(func=_simple(lambda c, a: c.put_credential_policy(a.name, a.days)))
+    for name, call, text in (
+        ("show", lambda c, a: c.get_credential_policy(a.name), "show a policy"),
+        ("delete", lambda c, a: c.delete_credential_policy(a.name), "delete a policy"),
+    ):
+        sub = psub.add_parser(name, help=text)
+        sub.add_argument("name")
+        sub.set_defaults(func=_simple(call))
+    psub.add_parser("list", help="list policies").set_defaults(
+        func=_simple(lambda c, a: c.list_credential_policies())
+    )
+
+    issued = commands.add_parser("issued", help="certificates signed from CSRs")
+    issued.add_argument("--device", help="only this device's")
+    issued.set_defaults(func=_simple(lambda c, a: c.issued_certificates(a.device)))
+
+    renewals = commands.add_parser("renewals", help="make a hub refuse a device's renewals")
+    renewals.set_defaults(func=_usage(renewals))
+    rnsub = renewals.add_subparsers(dest="action", metavar="ACTION")
+    refuse = rnsub.add_parser("refuse", help="refuse the device's certificate renewals")
+    refuse.add_argument("id", metavar="DEVICE_ID")
+    refuse.add_argument("--hub")
+    refuse.add_argument(
+        "--mode",
+        choices=["error", "connect"],
+        default="error",
+        help="error: answer an error code; connect: issue, then refuse CONNECT with it",
+    )
+    refuse.add_argument("--code", type=int, default=400040, help="errorCode (error mode)")
+    refuse.set_defaults(
+        func=_simple(lambda c, a: c.refuse_renewals(a.id, a.hub, mode=a.mode, error_code=a.code))
+    )
+    allow = rnsub.add_parser("allow", help="accept the device's renewals again")
+    allow.add_argument("id", metavar="DEVICE_ID")
+    allow.add_argument("--hub")
+    allow.set_defaults(func=_simple(lambda c, a: c.allow_renewals(a.id, a.hub)))
 
     if with_pki:
         from devcloud.pki import register_cli

@@ -187,9 +187,11 @@ class DevCloudClient:
         initial_desired: Mapping[str, Any] | None = None,
         initial_tags: Mapping[str, Any] | None = None,
         enabled: bool = True,
+        credential_policy: str | None = None,
     ) -> dict[str, Any]:
         """Create or replace a group on a CA PEM, or on ``ca_reference``
-        (``devcloud-root`` / ``devcloud-intermediate``, the default)."""
+        (``devcloud-root`` / ``devcloud-intermediate``, the default). With
+        ``credential_policy``, DPS signs its devices' CSRs with that policy's CA."""
         if certificate_pem is not None:
             x509: dict[str, Any] = {
                 "signingCertificates": {"primary": {"certificate": certificate_pem}}
@@ -209,6 +211,8 @@ class DevCloudClient:
                 enabled=enabled,
             ),
         }
+        if credential_policy is not None:
+            body["credentialPolicy"] = credential_policy
         return dict(self.request("PUT", f"/enrollmentGroups/{group_id}", body))
 
     def get_enrollment_group(self, group_id: str) -> dict[str, Any]:
@@ -261,8 +265,10 @@ class DevCloudClient:
         initial_desired: Mapping[str, Any] | None = None,
         initial_tags: Mapping[str, Any] | None = None,
         enabled: bool = True,
+        credential_policy: str | None = None,
     ) -> dict[str, Any]:
-        """Create or replace an individual enrollment (optionally pinned to one leaf)."""
+        """Create or replace an individual enrollment (optionally pinned to one leaf;
+        with ``credential_policy``, DPS signs the device's CSRs with that policy's CA)."""
         body: dict[str, Any] = {"registrationId": registration_id}
         if certificate_pem is not None:
             primary: dict[str, Any] = {"certificate": certificate_pem}
@@ -288,6 +294,8 @@ class DevCloudClient:
                 enabled=enabled,
             )
         )
+        if credential_policy is not None:
+            body["credentialPolicy"] = credential_policy
         return dict(self.request("PUT", f"/enrollments/{registration_id}", body))
 
     def get_enrollment(self, registration_id: str) -> dict[str, Any]:
@@ -323,6 +331,51 @@ class DevCloudClient:
             enabled=enabled,
         )
         return dict(self.request("PATCH", f"/enrollments/{registration_id}", body))
+
+    # -- certificate issuance ---------------------------------------------------------------
+
+    def put_credential_policy(self, name: str, validity_days: int = 30) -> dict[str, Any]:
+        """Create or replace a credential policy (its issuing CA is made on creation)."""
+        body = {"validityPeriodInDays": validity_days}
+        return dict(self.request("PUT", f"/credentialPolicies/{name}", body))
+
+    def get_credential_policy(self, name: str) -> dict[str, Any]:
+        """One policy, with ``certificate.issuingCertificate`` (PEM)."""
+        return dict(self.request("GET", f"/credentialPolicies/{name}"))
+
+    def list_credential_policies(self) -> list[dict[str, Any]]:
+        """Every credential policy."""
+        return list(self.request("GET", "/credentialPolicies"))
+
+    def delete_credential_policy(self, name: str) -> None:
+        """Delete a policy (ConflictError while an enrollment names it)."""
+        self.request("DELETE", f"/credentialPolicies/{name}")
+
+    def issued_certificates(
+        self, device_id: str | None = None, registration_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Certificates devcloud signed from CSRs, oldest first."""
+        query = {"device": device_id, "registrationId": registration_id}
+        return list(self.request("GET", "/issuedCertificates", query=query))
+
+    def refuse_renewals(
+        self,
+        device_id: str,
+        hub: str | None = None,
+        *,
+        mode: str = "error",
+        error_code: int = 400040,
+    ) -> dict[str, Any]:
+        """Make the hub refuse the device's renewals: ``error`` answers ``error_code``,
+        ``connect`` issues the certificate but refuses CONNECT with it."""
+        body = {"mode": mode, "errorCode": error_code}
+        return dict(
+            self.request("PUT", f"/devices/{device_id}/renewalRefusal", body, query={"hub": hub})
+        )
+
+    def allow_renewals(self, device_id: str, hub: str | None = None) -> None:
+        """Undo :meth:`refuse_renewals`."""
+        self.request("DELETE", f"/devices/{device_id}/renewalRefusal", query={"hub": hub})
 
     # -- registrations ----------------------------------------------------------------------
 

@@ -20,10 +20,12 @@ from devcloud.allocation import check_webhook_url
 from devcloud.errors import InvalidRequestError, NotFoundError
 from devcloud.model import (
     AllocationPolicy,
+    CredentialPolicy,
     Device,
     EnrollmentGroup,
     IndividualEnrollment,
     InitialTwin,
+    IssuedCertificate,
     JsonObject,
     Registration,
     ReprovisionPolicy,
@@ -116,6 +118,11 @@ def parse_settings(body: Mapping[str, Any], hubs: HubNames) -> dict[str, Any]:
         if status not in ("enabled", "disabled"):
             raise InvalidRequestError("provisioningStatus must be 'enabled' or 'disabled'")
         changes["enabled"] = status == "enabled"
+    if "credentialPolicy" in body:
+        policy = body["credentialPolicy"]
+        if isinstance(policy, Mapping):  # {"name": ...} is accepted too
+            policy = policy.get("name")
+        changes["credential_policy"] = None if policy is None else _str(policy, "credentialPolicy")
     return changes
 
 
@@ -149,6 +156,7 @@ def _render_settings(e: EnrollmentGroup | IndividualEnrollment) -> JsonObject:
         },
         "initialTwin": render_initial_twin(e.initial_twin),
         "provisioningStatus": "enabled" if e.enabled else "disabled",
+        "credentialPolicy": e.credential_policy,
         "etag": e.etag,
         "createdDateTimeUtc": e.created,
         "lastUpdatedDateTimeUtc": e.updated,
@@ -326,4 +334,61 @@ def render_telemetry(m: TelemetryMessage) -> JsonObject:
         "systemProperties": dict(m.system_properties),
         "body": text,
         "bodyBase64": base64.b64encode(m.body).decode(),
+    }
+
+
+# -- certificate issuance ------------------------------------------------------------------------
+
+
+def parse_policy(name: str, body: Any) -> CredentialPolicy:
+    """A :class:`CredentialPolicy` from ``PUT /credentialPolicies/{name}``.
+
+    ``{"validityPeriodInDays": N}``, or Azure's nesting
+    ``{"certificate": {"leafCertificateConfiguration": {"validityPeriodInDays": N}}}``.
+    """
+    body = _obj(body, "body")
+    if body.get("name", name) != name:
+        raise InvalidRequestError("name differs from the name in the path")
+    days: Any = body.get("validityPeriodInDays")
+    if days is None and "certificate" in body:
+        cert = _obj(body["certificate"], "certificate")
+        leaf = _obj(cert.get("leafCertificateConfiguration"), "leafCertificateConfiguration")
+        days = leaf.get("validityPeriodInDays")
+    if days is None:
+        return CredentialPolicy(name=name)
+    if not isinstance(days, int) or isinstance(days, bool):
+        raise InvalidRequestError("validityPeriodInDays must be a whole number of days")
+    return CredentialPolicy(name=name, validity_days=days)
+
+
+def render_policy(policy: CredentialPolicy, issuing_pem: str, thumbprint: str) -> JsonObject:
+    """A credential policy with its issuing CA (PEM and SHA-256 thumbprint)."""
+    return {
+        "name": policy.name,
+        "validityPeriodInDays": policy.validity_days,
+        "certificate": {
+            "leafCertificateConfiguration": {"validityPeriodInDays": policy.validity_days},
+            "issuingCertificate": issuing_pem,
+            "issuingCertificateThumbprint": thumbprint,
+        },
+        "etag": policy.etag,
+        "createdDateTimeUtc": policy.created,
+        "lastUpdatedDateTimeUtc": policy.updated,
+    }
+
+
+def render_issued(c: IssuedCertificate) -> JsonObject:
+    """A certificate devcloud signed from a CSR."""
+    return {
+        "sha256Thumbprint": c.thumbprint,
+        "serialNumber": c.serial,
+        "registrationId": c.registration_id,
+        "deviceId": c.device_id,
+        "hub": c.hub,
+        "credentialPolicy": c.policy,
+        "notBeforeUtc": c.not_before,
+        "notAfterUtc": c.not_after,
+        "issuedVia": c.via.value,
+        "issuedDateTimeUtc": c.issued,
+        "refusedAtConnect": c.refused,
     }

@@ -54,6 +54,19 @@ Routes::
     GET    /telemetry?follow=1&since=N&device=&hub=&timeout=S
                                                     JSON lines, one message each, until the
                                                     client hangs up (or timeout seconds)
+
+Certificate issuance (enrollments name a policy with ``"credentialPolicy": NAME``)::
+
+    GET    /credentialPolicies                      [policy, ...]
+    GET    /credentialPolicies/{name}               policy (with its issuing CA's PEM)
+    PUT    /credentialPolicies/{name}               {"validityPeriodInDays": 1-90} -> policy
+    DELETE /credentialPolicies/{name}               204 (409 while an enrollment names it)
+    GET    /issuedCertificates[?device=&registrationId=]
+                                                    [issued certificate, ...] oldest first
+    GET    /devices/{id}/renewalRefusal[?hub=]      refusal (404 when renewals are allowed)
+    PUT    /devices/{id}/renewalRefusal[?hub=]      {"mode": "error"|"connect",
+                                                     "errorCode": 400040} -> refusal
+    DELETE /devices/{id}/renewalRefusal[?hub=]      204: renewals work again
 """
 
 from __future__ import annotations
@@ -80,18 +93,22 @@ from devcloud.errors import (
     error_body,
 )
 from devcloud.hub import HubEndpoint
-from devcloud.model import Device
+from devcloud.model import Device, RefusalMode, RenewalRefusal
+from devcloud.pki import PKI
 from devcloud.registry import Registry
 from devcloud.render import (
     CaLookup,
     HubNames,
     parse_enrollment,
     parse_group,
+    parse_policy,
     parse_settings,
     parse_twin_patch,
     render_device,
     render_enrollment,
     render_group,
+    render_issued,
+    render_policy,
     render_registration,
     render_telemetry,
     render_twin,
@@ -115,6 +132,8 @@ class Services:
     telemetry: TelemetryLog
     provisioner: Provisioner
     ca_lookup: CaLookup
+    #: Holds the credential policies' issuing CAs.
+    pki: PKI
     #: ``/hubs`` and ``/dps`` answers (addresses are only known once servers listen).
     describe_hubs: Callable[[], list[dict[str, Any]]]
     describe_dps: Callable[[], dict[str, Any]]
@@ -200,6 +219,14 @@ class RestApi:
             ("PATCH", f"/twins/{seg}", self._patch_twin),
             ("POST", f"/twins/{seg}/methods", self._invoke_method),
             ("GET", "/telemetry", self._telemetry),
+            ("GET", "/credentialPolicies", self._list_policies),
+            ("GET", f"/credentialPolicies/{seg}", self._get_policy),
+            ("PUT", f"/credentialPolicies/{seg}", self._put_policy),
+            ("DELETE", f"/credentialPolicies/{seg}", self._delete_policy),
+            ("GET", "/issuedCertificates", self._list_issued),
+            ("GET", f"/devices/{seg}/renewalRefusal", self._get_refusal),
+            ("PUT", f"/devices/{seg}/renewalRefusal", self._put_refusal),
+            ("DELETE", f"/devices/{seg}/renewalRefusal", self._delete_refusal),
         ]:
             self.routes.append((method, re.compile(f"^{pattern}/?$"), handler))
 
@@ -497,6 +524,77 @@ class RestApi:
             raise InvalidRequestError("properties must map names to strings")
         message_id = self.s.hubs[device.hub].send_c2d(device.device_id, data, properties)
         return Response(200, {"messageId": message_id})
+
+    # -- certificate issuance ---------------------------------------------------------------
+
+    def _render_policy(self, name: str) -> dict[str, Any]:
+        from cryptography.hazmat.primitives import serialization
+
+        from devcloud.pki import thumbprint
+
+        policy = self.s.registry.get_policy(name)
+        ca = self.s.pki.issuing_ca(policy.name)
+        pem = ca.cert.public_bytes(serialization.Encoding.PEM).decode()
+        return render_policy(policy, pem, thumbprint(ca.cert))
+
+    async def _list_policies(self, _r: Request, _m: re.Match[str]) -> Response:
+        return Response(200, [self._render_policy(p.name) for p in self.s.registry.policies()])
+
+    async def _get_policy(self, _r: Request, m: re.Match[str]) -> Response:
+        return Response(200, self._render_policy(m[1]))
+
+    async def _put_policy(self, r: Request, m: re.Match[str]) -> Response:
+        policy = self.s.registry.put_policy(parse_policy(m[1], r.json()))
+        self.s.pki.issuing_ca(policy.name)  # its CA exists (and is trusted) from now on
+        return Response(200, self._render_policy(policy.name))
+
+    async def _delete_policy(self, _r: Request, m: re.Match[str]) -> Response:
+        self.s.registry.delete_policy(m[1])
+        return Response(204)
+
+    async def _list_issued(self, r: Request, _m: re.Match[str]) -> Response:
+        found = self.s.registry.issued_certificates(
+            device_id=r.query.get("device") or None,
+            registration_id=r.query.get("registrationId") or None,
+        )
+        return Response(200, [render_issued(c) for c in found])
+
+    @staticmethod
+    def _render_refusal(device: Device, refusal: RenewalRefusal) -> dict[str, Any]:
+        return {
+            "deviceId": device.device_id,
+            "hub": device.hub,
+            "mode": refusal.mode.value,
+            "errorCode": refusal.error_code,
+        }
+
+    async def _get_refusal(self, r: Request, m: re.Match[str]) -> Response:
+        device = self._device(r, m[1])
+        refusal = self.s.registry.renewal_refusal(device.hub, device.device_id)
+        if refusal is None:
+            raise NotFoundError(f"device {device.device_id!r}: renewals are not refused")
+        return Response(200, self._render_refusal(device, refusal))
+
+    async def _put_refusal(self, r: Request, m: re.Match[str]) -> Response:
+        device = self._device(r, m[1])
+        body = r.json() or {}
+        if not isinstance(body, dict):
+            raise InvalidRequestError("body must be a JSON object")
+        try:
+            mode = RefusalMode(body.get("mode", RefusalMode.ERROR.value))
+        except ValueError:
+            raise InvalidRequestError("mode must be 'error' or 'connect'") from None
+        code = body.get("errorCode", 400040)
+        if not isinstance(code, int) or isinstance(code, bool) or not 400000 <= code <= 599999:
+            raise InvalidRequestError("errorCode must be a six-digit 4xx/5xx code (400040)")
+        refusal = RenewalRefusal(mode=mode, error_code=code)
+        self.s.registry.set_renewal_refusal(device.hub, device.device_id, refusal)
+        return Response(200, self._render_refusal(device, refusal))
+
+    async def _delete_refusal(self, r: Request, m: re.Match[str]) -> Response:
+        device = self._device(r, m[1])
+        self.s.registry.set_renewal_refusal(device.hub, device.device_id, None)
+        return Response(204)
 
     async def _telemetry(self, r: Request, _m: re.Match[str]) -> Response | Stream:
         since = int(r.number("since", 0))

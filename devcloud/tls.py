@@ -10,7 +10,8 @@ in another process).
 Each context: TLS 1.2 or newer; the endpoint's server certificate from the PKI with IP
 SANs for its bind address (and DNS SANs for a hostname); ``CERT_REQUIRED``; trust = the
 devcloud root and intermediate plus every enrollment group's signing certificate
-(``VERIFY_X509_PARTIAL_CHAIN`` so a registered intermediate is enough on its own); the
+(``VERIFY_X509_PARTIAL_CHAIN`` so a registered intermediate is enough on its own) and
+every credential policy's issuing CA (as ADR's "credential sync" gives a hub); the
 PKI's CRLs with ``VERIFY_CRL_CHECK_LEAF``, so a revoked device fails the handshake.
 OpenSSL then insists on a CRL from the leaf's issuer, which only devcloud's own CAs
 have: while an enrollment group names a foreign CA, CRL checking is left off here (devices
@@ -91,6 +92,8 @@ class ServerTLS:
                 extra.append(cert.public_bytes(serialization.Encoding.PEM).decode())
         if extra:
             context.load_verify_locations(cadata="\n".join(extra))
+        for issuing in self.pki.issuing_cas():
+            context.load_verify_locations(cafile=str(issuing.cert_path))
         flags = context.verify_flags | ssl.VERIFY_X509_PARTIAL_CHAIN
         self.crl_checked = not foreign
         if self.crl_checked:
