@@ -387,3 +387,25 @@ def test_serve_with_a_bad_config_exits_1(
     path.write_text("surprise = 1")
     assert main(["serve", "--config", str(path)]) == 1
     assert "surprise" in capsys.readouterr().err
+
+
+def test_issuance_commands(capsys: pytest.CaptureFixture[str], devcloud: DevCloudHandle) -> None:
+    def ok(*argv: str) -> Any:
+        code, out, err = run(capsys, devcloud, *argv)
+        assert code == 0, err
+        return out
+
+    policy = ok("policy", "put", "cli-policy", "--days", "5")
+    assert policy["validityPeriodInDays"] == 5
+    assert "BEGIN CERTIFICATE" in policy["certificate"]["issuingCertificate"]
+    assert [p["name"] for p in ok("policy", "list")] == ["cli-policy"]
+    group = ok("enrollment-group", "put", "g", "--credential-policy", "cli-policy")
+    assert group["credentialPolicy"] == "cli-policy"
+    assert ok("issued") == []
+    devcloud.client.create_device("dev-cli", "hub1")
+    refusal = ok("renewals", "refuse", "dev-cli", "--mode", "connect")
+    assert (refusal["mode"], refusal["hub"]) == ("connect", "hub1")
+    ok("renewals", "allow", "dev-cli")
+    code, _, err = run(capsys, devcloud, "policy", "put", "x", "--days", "120")
+    assert code == 1
+    assert "1-90 days" in err

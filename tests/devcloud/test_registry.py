@@ -12,9 +12,12 @@ from cryptography.hazmat.primitives import serialization
 from devcloud.errors import ConflictError, InvalidRequestError, NotFoundError
 from devcloud.model import (
     AllocationPolicy,
+    CredentialPolicy,
     EnrollmentGroup,
     IndividualEnrollment,
     InitialTwin,
+    IssuedCertificate,
+    IssuedVia,
     Registration,
     ReprovisionPolicy,
     Twin,
@@ -220,3 +223,24 @@ def test_sqlite_registry_survives_restart(tmp_path: Path, pki: PKI) -> None:
     third = Registry(HUBS, SQLiteStore(db))
     assert third.devices() == []
     third.close()
+
+
+def test_policies_and_issued_certificates_survive_restart(tmp_path: Path, pki: PKI) -> None:
+    db = tmp_path / "issued.db"
+    registry = Registry(HUBS, SQLiteStore(db))
+    registry.put_policy(CredentialPolicy("p", validity_days=3))
+    pem = pki.intermediate.public_bytes(serialization.Encoding.PEM).decode()
+    registry.put_group(EnrollmentGroup("g", pem, credential_policy="p"))
+    issued = IssuedCertificate(
+        "AB" * 32, "1F", "r", "d", HUBS[0], "p", "t0", "t1", IssuedVia.HUB, "t0", refused=True
+    )
+    registry.record_issued(issued)
+    registry.close()
+    again = Registry(HUBS, SQLiteStore(db))
+    assert again.get_policy("p").validity_days == 3
+    assert again.get_group("g").credential_policy == "p"
+    assert again.issued_certificates(device_id="d") == [issued]
+    assert again.certificate_refused("AB" * 32)
+    with pytest.raises(ConflictError):
+        again.delete_policy("p")
+    again.close()

@@ -234,6 +234,8 @@ class MqttDevice:
         self.client_id = client_id
         #: Never set: waited on for DPS's retry-after, so the pause is interruptible.
         self.retry_wait = threading.Event()
+        self._dps_subscribed = False
+        self._rids = itertools.count(1, 100)
         self._started = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -247,9 +249,10 @@ class MqttDevice:
         registration_id: str,
         *,
         websockets: bool = False,
+        api_version: str = "2019-03-31",
     ) -> MqttDevice:
         """A device connecting to ``cloud``'s DPS as ``registration_id`` (MQTT or WSS)."""
-        username = f"{cloud.id_scope}/registrations/{registration_id}/api-version=2019-03-31"
+        username = f"{cloud.id_scope}/registrations/{registration_id}/api-version={api_version}"
         address = cloud.dps_ws_address if websockets else cloud.dps_address
         assert address is not None, "this devcloud has no DPS WebSocket port"
         return cls(
@@ -283,16 +286,23 @@ class MqttDevice:
         )
 
     def register(
-        self, payload: Any = None, *, timeout_s: float = 10.0
+        self,
+        payload: Any = None,
+        *,
+        timeout_s: float = 10.0,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Run the DPS register/poll exchange; return the final status and JSON body.
 
         Polls honour ``retry-after`` as a real device does; bounded by ``timeout_s``.
-        Call after :meth:`connect`; subscribes to the response topic itself.
+        Call after :meth:`connect`; subscribes to the response topic itself (once).
+        ``extra`` adds fields to the request body (``csr``).
         """
-        assert self.subscribe("$dps/registrations/res/#") == 1
-        rid = itertools.count(1)
-        body = json.dumps({"registrationId": self.client_id, "payload": payload})
+        if not self._dps_subscribed:
+            assert self.subscribe("$dps/registrations/res/#") == 1
+            self._dps_subscribed = True
+        rid = itertools.count(next(self._rids))
+        body = json.dumps({"registrationId": self.client_id, "payload": payload, **(extra or {})})
         self.publish(f"$dps/registrations/PUT/iotdps-register/?$rid={next(rid)}", body)
         deadline = time.monotonic() + timeout_s
         while True:
