@@ -15,6 +15,10 @@ SYSTEM_PACKAGES += systemd
 # booted with systemd-nspawn, the package served from a local apt repository
 # (dpkg-scanpackages), containers driven with nsenter (util-linux).
 SYSTEM_PACKAGES += dpkg-dev debootstrap systemd-container python3.11
+# A software TPM 2.0 for the TPM keystore tests (swtpm_ioctl is in swtpm-tools,
+# tpm2_flushcontext in tpm2-tools). The OpenSSL tpm2 provider is not listed: bookworm's
+# 1.1.1 fails every TLS handshake, so the tests fetch trixie's (tests/support/tpm.py).
+SYSTEM_PACKAGES += swtpm swtpm-tools tpm2-tools
 APT := apt-get -o DPkg::Lock::Timeout=300 -y -q
 
 .PHONY: all demo test lint typecheck pytest sysdeps venv clean deb
