@@ -47,6 +47,13 @@ PROGRAMS: Final[dict[str, str]] = {
     "debootstrap": "debootstrap",
     "nsenter": "util-linux",
     "systemd-nspawn": "systemd-container",
+    # The TPM tests (tests/support/tpm.py): swtpm and its tools, and apt's fetch of
+    # trixie's tpm2-openssl.
+    "swtpm": "swtpm",
+    "swtpm_ioctl": "swtpm-tools",
+    "tpm2_flushcontext": "tpm2-tools",
+    "tpm2_rc_decode": "tpm2-tools",
+    "apt-cache": "apt",
 }
 
 #: Packages of ``debootstrap --variant=minbase bookworm`` (Priority: required, and apt).

@@ -463,7 +463,7 @@ class SwTpm:
 
 
 def openssl(
-    args: Sequence[str], env: Mapping[str, str], *, timeout_s: float = 30.0
+    *args: str, env: Mapping[str, str], timeout_s: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
     """Run ``openssl ARGS`` with ``env`` (which carries OPENSSL_CONF / the TCTI)."""
     return subprocess.run(
@@ -479,18 +479,16 @@ def openssl(
 def create_tpm_key(path: Path, env: Mapping[str, str], curve: str = "P-256") -> Path:
     """An EC key generated inside the TPM (the provider forced), as a TSS2 PEM file."""
     done = openssl(
-        [
-            "genpkey",
-            "-propquery",
-            "?provider=tpm2",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            f"group:{curve}",
-            "-out",
-            str(path),
-        ],
-        env,
+        "genpkey",
+        "-propquery",
+        "?provider=tpm2",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        f"group:{curve}",
+        "-out",
+        str(path),
+        env=env,
     )
     if done.returncode != 0:
         raise TpmSetupError(f"openssl genpkey in the TPM failed: {done.stderr[-1000:]}")
@@ -502,19 +500,17 @@ def tpm_csr_der(key: Path, common_name: str, env: Mapping[str, str]) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "req.der"
         done = openssl(
-            [
-                "req",
-                "-new",
-                "-key",
-                str(key),
-                "-subj",
-                f"/CN={common_name}",
-                "-outform",
-                "DER",
-                "-out",
-                str(out),
-            ],
-            env,
+            "req",
+            "-new",
+            "-key",
+            str(key),
+            "-subj",
+            f"/CN={common_name}",
+            "-outform",
+            "DER",
+            "-out",
+            str(out),
+            env=env,
         )
         if done.returncode != 0:
             raise TpmSetupError(f"openssl req with the TPM key failed: {done.stderr[-1000:]}")

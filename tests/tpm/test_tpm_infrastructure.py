@@ -106,7 +106,7 @@ def test_a_generated_key_is_a_tss2_blob_of_the_tpm(
 ) -> None:
     key = create_tpm_key(tmp_path / "key.pem", swtpm.env(tpm2_provider))
     assert key.read_text().startswith(TSS2_HEADER)
-    shown = openssl(["pkey", "-in", str(key), "-noout", "-text"], swtpm.env(tpm2_provider))
+    shown = openssl("pkey", "-in", str(key), "-noout", "-text", env=swtpm.env(tpm2_provider))
     assert shown.returncode == 0, shown.stderr
     assert "TPM 2.0" in shown.stdout
 
@@ -116,14 +116,14 @@ def test_the_key_cannot_be_exported_in_the_clear(
 ) -> None:
     env = swtpm.env(tpm2_provider)
     key = create_tpm_key(tmp_path / "key.pem", env)
-    clear = openssl(["pkey", "-in", str(key), "-traditional"], env)
+    clear = openssl("pkey", "-in", str(key), "-traditional", env=env)
     assert clear.returncode != 0
     assert "export failure" in clear.stderr
-    rewritten = openssl(["pkey", "-in", str(key)], env)
+    rewritten = openssl("pkey", "-in", str(key), env=env)
     assert rewritten.returncode == 0
     assert rewritten.stdout.startswith(TSS2_HEADER)  # the blob again, never "PRIVATE KEY"
     assert "BEGIN PRIVATE KEY" not in rewritten.stdout
-    pkcs8 = openssl(["pkcs8", "-topk8", "-nocrypt", "-in", str(key)], env)
+    pkcs8 = openssl("pkcs8", "-topk8", "-nocrypt", "-in", str(key), env=env)
     assert pkcs8.returncode != 0 and "BEGIN PRIVATE KEY" not in pkcs8.stdout
 
 
@@ -133,7 +133,7 @@ def test_a_key_from_another_tpm_fails_with_tpm_rc_integrity(
     key = create_tpm_key(tmp_path / "key.pem", swtpm.env(tpm2_provider))
     with SwTpm(tmp_path / "other") as other:
         started = time.monotonic()
-        loaded = openssl(["pkey", "-in", str(key), "-noout"], other.env(tpm2_provider))
+        loaded = openssl("pkey", "-in", str(key), "-noout", env=other.env(tpm2_provider))
         elapsed = time.monotonic() - started
     assert loaded.returncode != 0
     codes = re.findall(r"ErrorCode \(0x([0-9a-fA-F]+)\)", loaded.stderr)
@@ -153,12 +153,12 @@ def test_a_stopped_tpm_fails_fast_and_works_again_after_restart(
     key = create_tpm_key(tmp_path / "key.pem", swtpm.env(tpm2_provider))
     swtpm.stop()
     started = time.monotonic()
-    loaded = openssl(["pkey", "-in", str(key), "-noout"], swtpm.env(tpm2_provider))
+    loaded = openssl("pkey", "-in", str(key), "-noout", env=swtpm.env(tpm2_provider))
     assert loaded.returncode != 0
     assert "Cannot connect to swtpm" in loaded.stderr
     assert time.monotonic() - started < 10
     swtpm.start()  # same state directory, new ports: the key belongs to it still
-    again = openssl(["pkey", "-in", str(key), "-noout"], swtpm.env(tpm2_provider))
+    again = openssl("pkey", "-in", str(key), "-noout", env=swtpm.env(tpm2_provider))
     assert again.returncode == 0, again.stderr
 
 
@@ -239,10 +239,10 @@ def test_a_tpm_csr_has_null_params_and_the_repair_keeps_it_valid(
     assert csr.subject.rfc4514_string() == "CN=tpm-dev"
     (tmp_path / "fixed.der").write_bytes(fixed)
     verified = openssl(
-        ["req", "-inform", "DER", "-in", str(tmp_path / "fixed.der"), "-verify", "-noout"], env
+        "req", "-inform", "DER", "-in", str(tmp_path / "fixed.der"), "-verify", "-noout", env=env
     )
     assert verified.returncode == 0 and "verify OK" in verified.stdout + verified.stderr
-    public = openssl(["pkey", "-in", str(key), "-pubout"], env).stdout
+    public = openssl("pkey", "-in", str(key), "-pubout", env=env).stdout
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     assert csr.public_key().public_bytes(serialization.Encoding.PEM, spki).decode() == public
 
