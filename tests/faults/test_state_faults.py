@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
-from agent.lifecycle import State
+from agent.core.lifecycle import State
 from tests.support.agentcloud import AgentThread, Cloud, issue_device, write_config
 from tests.support.waiting import wait_until
 
