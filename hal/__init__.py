@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from hal.exc import (
         BusUnavailableError,
         ChipIdMismatch,
+        ConversionNotReady,
         CRCError,
         GPIOError,
         HALError,
@@ -54,6 +55,7 @@ _LAZY: dict[str, str] = {
     "scan": "hal.discovery",
     "BusUnavailableError": "hal.exc",
     "ChipIdMismatch": "hal.exc",
+    "ConversionNotReady": "hal.exc",
     "CRCError": "hal.exc",
     "GPIOError": "hal.exc",
     "HALError": "hal.exc",
@@ -84,6 +86,7 @@ __all__ = [
     "BusUnavailableError",
     "CRCError",
     "ChipIdMismatch",
+    "ConversionNotReady",
     "Found",
     "GPIOError",
     "HALError",

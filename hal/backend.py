@@ -2,9 +2,10 @@
 
 :func:`open_backend` is the only way in, and the caller always names the kind
 (``"smbus"`` or ``"mock"``): there is no fallback from one to the other. A backend
-hands out buses by number, says how drivers should wait (``sleep``: real time,
-or the simulation's clock) and which gpiozero pin factory GPIO devices should use
-(``None`` on real hardware: gpiozero's own choice; a ``MockFactory`` on the mock).
+hands out buses by number, says how drivers should wait and tell the time
+(``sleep`` and ``monotonic``: real time, or the simulation's clock) and which
+gpiozero pin factory GPIO devices should use (``None`` on real hardware: gpiozero's
+own choice; a ``MockFactory`` on the mock).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hal.exc import UnknownBackendError
 
 if TYPE_CHECKING:
     from hal.bus import I2CBus
-    from hal.drivers.base import Sleep
+    from hal.drivers.base import Monotonic, Sleep
     from hal.sim.board import Board
     from hal.sim.clock import SimClock
 
@@ -35,6 +36,11 @@ class Backend(Protocol):
     @property
     def sleep(self) -> Sleep:
         """How drivers wait for a measurement on this backend."""
+        ...
+
+    @property
+    def monotonic(self) -> Monotonic:
+        """The clock drivers use to tell when a conversion is done on this backend."""
         ...
 
     @property
@@ -65,6 +71,11 @@ class MockBackend:
     def sleep(self) -> Sleep:
         """The board clock's sleep (instant with a manual clock)."""
         return self.board.clock.sleep
+
+    @property
+    def monotonic(self) -> Monotonic:
+        """The board clock's time (so conversions finish in simulated time)."""
+        return self.board.clock.monotonic
 
     @property
     def pin_factory(self) -> object:

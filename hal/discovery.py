@@ -130,7 +130,11 @@ def open_sensors(
         seen[key] = spec
         driver = PARTS[canonical_part(spec.part)]
         sensor = driver(
-            backend.bus(spec.bus), spec.address, name=spec.display_name, sleep=backend.sleep
+            backend.bus(spec.bus),
+            spec.address,
+            name=spec.display_name,
+            sleep=backend.sleep,
+            monotonic=backend.monotonic,
         )
         if require_present:
             sensor.setup()

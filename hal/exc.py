@@ -145,6 +145,20 @@ class MeasurementTimeout(SensorError, TimeoutError):
         super().__init__(sensor, f"measurement not ready after {waited_s * 1000:.1f} ms")
 
 
+class ConversionNotReady(SensorError):
+    """``collect()`` was called before the conversion ``start()`` began is done.
+
+    ``remaining_s`` says when to ask again. Nothing is lost: the conversion stays
+    pending and the driver stays set up, so calling ``collect()`` again after
+    ``remaining_s`` is all it takes. (No builtin fits: this is the caller's timing,
+    not a failure of the chip.)
+    """
+
+    def __init__(self, sensor: str, remaining_s: float) -> None:
+        self.remaining_s = remaining_s
+        super().__init__(sensor, f"conversion not ready for another {remaining_s * 1000:.1f} ms")
+
+
 class InvalidReadingError(SensorError, ValueError):
     """The chip returned a value it uses to mean "no measurement" (e.g. BME280 0x80000)."""
 

@@ -4,6 +4,10 @@ Every driver in :mod:`hal.drivers` satisfies :class:`Sensor`. A reading is a map
 from a quantity named with its unit (``temperature_c``, ``humidity_pct``,
 ``pressure_hpa``, ``illuminance_lux``, ...) to a float, so units never get lost
 between the register and the telemetry message.
+
+A measurement is two steps for callers that must not block (an event loop arms a
+timer for the seconds :meth:`Sensor.start` returns, then calls
+:meth:`Sensor.collect`); :meth:`Sensor.read` does both, sleeping in between.
 """
 
 from __future__ import annotations
@@ -59,8 +63,19 @@ class Sensor(Protocol):
         """The quantities :meth:`read` returns, each a key of :data:`UNITS`."""
         ...
 
+    def start(self) -> float:
+        """Begin one conversion without waiting for it; return the seconds until
+        :meth:`collect` may be called (the datasheet's maximum conversion time)."""
+        ...
+
+    def collect(self) -> dict[str, float]:
+        """The result of the conversion :meth:`start` began, without waiting;
+        :class:`hal.exc.ConversionNotReady` (with ``remaining_s``) if called early."""
+        ...
+
     def read(self) -> dict[str, float]:
-        """Take one measurement; raise :class:`hal.exc.HALError` (or a subclass) on failure."""
+        """Take one measurement, blocking for the conversion (start, sleep, collect);
+        raise :class:`hal.exc.HALError` (or a subclass) on failure."""
         ...
 
     def close(self) -> None:

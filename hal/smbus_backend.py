@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hal.bus import check_address
-from hal.drivers.base import Sleep
+from hal.drivers.base import Monotonic, Sleep
 from hal.exc import BusUnavailableError, I2CError
 
 DEFAULT_PATH_TEMPLATE = "/dev/i2c-{}"
@@ -117,6 +117,11 @@ class SMBusBackend:
     def sleep(self) -> Sleep:
         """Real time: drivers wait with :func:`time.sleep`."""
         return time.sleep
+
+    @property
+    def monotonic(self) -> Monotonic:
+        """Real time: :func:`time.monotonic`."""
+        return time.monotonic
 
     @property
     def pin_factory(self) -> object | None:

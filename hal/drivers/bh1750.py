@@ -1,9 +1,9 @@
 """ROHM BH1750FVI: ambient light, address 0x23 (ADDR low) or 0x5C (ADDR high).
 
-The chip has no registers, only one-byte opcodes, and no ID. Each read: power on,
+The chip has no registers, only one-byte opcodes, and no ID. ``start``: power on,
 write the measurement-time register (MTreg, as two opcodes), start a one-time
-measurement, wait the datasheet's maximum measurement time scaled by MTreg/69,
-read the two-byte count. The chip powers down by itself after a one-time
+measurement; the wait is the datasheet's maximum measurement time scaled by
+MTreg/69; ``collect`` reads the two-byte count. The chip powers down by itself after a one-time
 measurement. Conversion (datasheet p.11): ``lux = count / 1.2 * 69 / MTreg``,
 halved again in H-resolution mode 2.
 """
@@ -14,7 +14,7 @@ import time
 from typing import ClassVar, Literal
 
 from hal.bus import I2CBus
-from hal.drivers.base import I2CSensor, Sleep
+from hal.drivers.base import I2CSensor, Monotonic, Sleep
 
 Mode = Literal["high", "high2", "low"]
 
@@ -51,10 +51,11 @@ class BH1750(I2CSensor):
         *,
         name: str = "",
         sleep: Sleep = time.sleep,
+        monotonic: Monotonic = time.monotonic,
         mode: Mode = "high",
         mtreg: int = DEFAULT_MTREG,
     ) -> None:
-        super().__init__(bus, address, name=name, sleep=sleep)
+        super().__init__(bus, address, name=name, sleep=sleep, monotonic=monotonic)
         if mode not in ONE_TIME_OPCODES:
             raise ValueError("mode must be 'high', 'high2' or 'low'")
         if mtreg not in MTREG_RANGE:
@@ -72,14 +73,17 @@ class BH1750(I2CSensor):
         self._op(OP_POWER_ON)
         self._op(OP_RESET)
 
-    def _measure(self) -> dict[str, float]:
+    def _start(self) -> float:
         self._op(OP_POWER_ON)
         self._op(OP_MTREG_HIGH | (self._mtreg >> 5))
         self._op(OP_MTREG_LOW | (self._mtreg & 0x1F))
         self._op(ONE_TIME_OPCODES[self._mode])
-        self._sleep(self.measurement_time_s)
-        data = self._bus.read(self._address, 2)
-        count = int.from_bytes(data, "big")
+        return self.measurement_time_s
+
+    def _collect(self) -> dict[str, float]:
+        # The chip cannot say whether it is done (it answers with the last count): the
+        # time alone decides, which is why start() returns the datasheet maximum.
+        count = int.from_bytes(self._bus.read(self._address, 2), "big")
         return {"illuminance_lux": lux_from_count(count, self._mode, self._mtreg)}
 
     def _power_down(self) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from hal.bus import I2CBus, read_register, read_u8, write_register
-from hal.drivers.base import I2CSensor, Sleep
+from hal.drivers.base import ChipBusy, I2CSensor, Monotonic, Sleep
 from hal.exc import ChipIdMismatch, InvalidReadingError, MeasurementTimeout
 
 # Registers (identical on BME280 and BMP280, humidity ones only on BME280).
@@ -55,6 +55,7 @@ STARTUP_S = 0.002
 #: fraction of it, before giving up.
 READY_POLLS = 4
 READY_POLL_FRACTION = 0.1
+READY_POLL_MIN_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -174,14 +175,16 @@ def _s8(value: int) -> int:
 class BoschSensor(I2CSensor):
     """The register-level driver of BME280 and BMP280, in forced mode.
 
-    Each :meth:`read` writes the oversampling and filter settings, starts one
-    forced measurement, waits the datasheet's maximum measurement time, confirms
-    the status register no longer says "measuring" (polling a bounded number of
-    times), then burst-reads the data registers in one transfer so the values
-    belong to one measurement. The chip goes back to sleep by itself.
+    :meth:`start` writes the oversampling and filter settings and starts one forced
+    measurement (three register writes); it returns the datasheet's maximum
+    measurement time. :meth:`collect` confirms the status register no longer says
+    "measuring" (else the chip is polled again, a bounded number of times), then
+    burst-reads the data registers in one transfer so the values belong to one
+    measurement. The chip goes back to sleep by itself.
     """
 
     ADDRESSES: ClassVar[tuple[int, ...]] = (0x76, 0x77)
+    READY_POLLS: ClassVar[int] = READY_POLLS
     CHIP_IDS: ClassVar[tuple[int, ...]]
     HAS_HUMIDITY: ClassVar[bool]
 
@@ -192,12 +195,13 @@ class BoschSensor(I2CSensor):
         *,
         name: str = "",
         sleep: Sleep = time.sleep,
+        monotonic: Monotonic = time.monotonic,
         oversampling_t: int = 1,
         oversampling_p: int = 1,
         oversampling_h: int = 1,
         filter_coefficient: int = 0,
     ) -> None:
-        super().__init__(bus, address, name=name, sleep=sleep)
+        super().__init__(bus, address, name=name, sleep=sleep, monotonic=monotonic)
         for label, factor in (
             ("temperature", oversampling_t),
             ("pressure", oversampling_p),
@@ -248,9 +252,7 @@ class BoschSensor(I2CSensor):
         )
         self._calibration = parse_calibration(block_tp, block_h)
 
-    def _measure(self) -> dict[str, float]:
-        cal = self._calibration
-        assert cal is not None  # set by _setup
+    def _start(self) -> float:
         if self._osrs_h is not None:
             # ctrl_hum only takes effect with the following write to ctrl_meas.
             write_register(self._bus, self._address, REG_CTRL_HUM, OVERSAMPLING_CODES[self._osrs_h])
@@ -261,9 +263,13 @@ class BoschSensor(I2CSensor):
             | MODE_FORCED
         )
         write_register(self._bus, self._address, REG_CTRL_MEAS, ctrl_meas)
-        wait = self.measurement_time_s
-        self._sleep(wait)
-        self._wait_until_clear(STATUS_MEASURING, wait)
+        return self.measurement_time_s
+
+    def _collect(self) -> dict[str, float]:
+        cal = self._calibration
+        assert cal is not None  # set by _setup
+        if read_u8(self._bus, self._address, REG_STATUS) & STATUS_MEASURING:
+            raise ChipBusy(_poll_step_s(self.measurement_time_s))
         length = 8 if self._osrs_h is not None else 6
         data = read_register(self._bus, self._address, REG_DATA, length)
         adc_p = (data[0] << 12) | (data[1] << 4) | (data[2] >> 4)
@@ -287,7 +293,7 @@ class BoschSensor(I2CSensor):
         return reading
 
     def _wait_until_clear(self, bit: int, base_wait_s: float) -> None:
-        step = max(base_wait_s * READY_POLL_FRACTION, 0.0005)
+        step = _poll_step_s(base_wait_s)
         waited = base_wait_s
         for attempt in range(READY_POLLS + 1):
             if not read_u8(self._bus, self._address, REG_STATUS) & bit:
@@ -296,3 +302,8 @@ class BoschSensor(I2CSensor):
                 self._sleep(step)
                 waited += step
         raise MeasurementTimeout(self._name, waited)
+
+
+def _poll_step_s(base_wait_s: float) -> float:
+    """How long to wait between status polls after ``base_wait_s`` has passed."""
+    return max(base_wait_s * READY_POLL_FRACTION, READY_POLL_MIN_S)

@@ -1,11 +1,12 @@
 """Sensirion SHT3x (SHT30/SHT31/SHT35): temperature and humidity, address 0x44 or 0x45.
 
-Single-shot mode without clock stretching: write the 16-bit measurement command,
-wait the datasheet's maximum measurement duration, read six bytes (T, CRC, RH, CRC).
-Reading before the measurement is done gets a NACK on the read header, so the
-wait is not optional. Every word's CRC-8 is checked. Set-up issues a soft reset
-and reads the status register (a CRC-protected word): a chip that answers it
-with a valid checksum is an SHT3x-family sensor.
+Single-shot mode without clock stretching: ``start`` writes the 16-bit measurement
+command; after the datasheet's maximum measurement duration ``collect`` reads six
+bytes (T, CRC, RH, CRC). Reading before the measurement is done gets a NACK on the
+read header, so the wait is not optional (``collect`` refuses to read early). Every
+word's CRC-8 is checked. Set-up issues a soft reset and reads the status register (a
+CRC-protected word): a chip that answers it with a valid checksum is an SHT3x-family
+sensor.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import ClassVar, Literal
 
 from hal.bus import I2CBus
 from hal.crc import words_with_crc
-from hal.drivers.base import I2CSensor, Sleep
+from hal.drivers.base import I2CSensor, Monotonic, Sleep
 from hal.drivers.sensirion import sht3x_humidity_pct, temperature_c
 
 Repeatability = Literal["high", "medium", "low"]
@@ -48,9 +49,10 @@ class SHT3x(I2CSensor):
         *,
         name: str = "",
         sleep: Sleep = time.sleep,
+        monotonic: Monotonic = time.monotonic,
         repeatability: Repeatability = "high",
     ) -> None:
-        super().__init__(bus, address, name=name, sleep=sleep)
+        super().__init__(bus, address, name=name, sleep=sleep, monotonic=monotonic)
         if repeatability not in MEASURE_COMMANDS:
             raise ValueError("repeatability must be 'high', 'medium' or 'low'")
         self._repeatability = repeatability
@@ -72,8 +74,10 @@ class SHT3x(I2CSensor):
         self._bus.write(self._address, CMD_READ_STATUS)
         (self._status,) = words_with_crc(self._name, self._bus.read(self._address, 3))
 
-    def _measure(self) -> dict[str, float]:
+    def _start(self) -> float:
         self._bus.write(self._address, MEASURE_COMMANDS[self._repeatability])
-        self._sleep(self.measurement_time_s)
+        return self.measurement_time_s
+
+    def _collect(self) -> dict[str, float]:
         raw_t, raw_rh = words_with_crc(self._name, self._bus.read(self._address, 6))
         return {"temperature_c": temperature_c(raw_t), "humidity_pct": sht3x_humidity_pct(raw_rh)}

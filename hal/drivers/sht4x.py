@@ -1,10 +1,10 @@
-"""Sensirion SHT4x (SHT40/41/45): temperature and humidity, address 0x44 (-AD1B),
-0x45 (SHT40-BD1B) or 0x46.
+"""Sensirion SHT4x (SHT40/41/45): temperature and humidity, address 0x44 (-AD1B), 0x45
+(SHT40-BD1B) or 0x46.
 
-Single-byte commands: measure (0xFD / 0xF6 / 0xE0 for high / medium / low
-precision), wait the datasheet's maximum duration, read six bytes (T, CRC, RH,
-CRC). Set-up issues a soft reset (0x94) and reads the 32-bit serial number (0x89),
-which also identifies the family.
+Single-byte commands: ``start`` sends measure (0xFD / 0xF6 / 0xE0 for high / medium
+/ low precision); after the datasheet's maximum duration ``collect`` reads six bytes
+(T, CRC, RH, CRC). Set-up issues a soft reset (0x94) and reads the 32-bit serial
+number (0x89), which also identifies the family.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 from hal.bus import I2CBus
 from hal.crc import words_with_crc
-from hal.drivers.base import I2CSensor, Sleep
+from hal.drivers.base import I2CSensor, Monotonic, Sleep
 from hal.drivers.sensirion import sht4x_humidity_pct, temperature_c
 
 Precision = Literal["high", "medium", "low"]
@@ -53,9 +53,10 @@ class SHT4x(I2CSensor):
         *,
         name: str = "",
         sleep: Sleep = time.sleep,
+        monotonic: Monotonic = time.monotonic,
         precision: Precision = "high",
     ) -> None:
-        super().__init__(bus, address, name=name, sleep=sleep)
+        super().__init__(bus, address, name=name, sleep=sleep, monotonic=monotonic)
         if precision not in MEASURE_COMMANDS:
             raise ValueError("precision must be 'high', 'medium' or 'low'")
         self._precision = precision
@@ -76,8 +77,10 @@ class SHT4x(I2CSensor):
         self._sleep(SOFT_RESET_S)
         self._serial = read_serial(self._bus, self._address, self._name, self._sleep)
 
-    def _measure(self) -> dict[str, float]:
+    def _start(self) -> float:
         self._bus.write(self._address, MEASURE_COMMANDS[self._precision])
-        self._sleep(self.measurement_time_s)
+        return self.measurement_time_s
+
+    def _collect(self) -> dict[str, float]:
         raw_t, raw_rh = words_with_crc(self._name, self._bus.read(self._address, 6))
         return {"temperature_c": temperature_c(raw_t), "humidity_pct": sht4x_humidity_pct(raw_rh)}

@@ -2,10 +2,11 @@
 
 Registers behind a pointer byte: 0 temperature, 1 configuration, 2 T_LOW, 3 T_HIGH,
 all 16-bit big-endian. The driver keeps the chip in shutdown (0.5 µA) and takes
-one-shot conversions: write OS=1 with SD=1, wait the datasheet's maximum
-conversion time (35 ms), confirm OS reads 1 again ("conversion ready"), then read
-the temperature register. Temperature (datasheet tables 5 and 6): 12-bit two's
-complement left-justified, 0.0625 °C per LSB; 13-bit when bit 0 (EM) is set.
+one-shot conversions: ``start`` writes OS=1 with SD=1; after the datasheet's maximum
+conversion time (35 ms) ``collect`` confirms OS reads 1 again ("conversion ready";
+else it polls, bounded), then reads the temperature register. Temperature (datasheet
+tables 5 and 6): 12-bit two's complement left-justified, 0.0625 °C per LSB; 13-bit
+when bit 0 (EM) is set.
 
 There is no ID register; set-up checks the read-only converter-resolution bits
 R1:R0, which always read 11 on a TMP102 (an ADS1115 at the same addresses reads 00).
@@ -17,8 +18,8 @@ import time
 from typing import ClassVar
 
 from hal.bus import I2CBus, read_register
-from hal.drivers.base import I2CSensor, Sleep
-from hal.exc import ChipIdMismatch, MeasurementTimeout
+from hal.drivers.base import ChipBusy, I2CSensor, Monotonic, Sleep
+from hal.exc import ChipIdMismatch
 
 REG_TEMPERATURE = 0x00
 REG_CONFIG = 0x01
@@ -50,6 +51,7 @@ class TMP102(I2CSensor):
     PART: ClassVar[str] = "TMP102"
     QUANTITIES: ClassVar[tuple[str, ...]] = ("temperature_c",)
     ADDRESSES: ClassVar[tuple[int, ...]] = (0x48, 0x49, 0x4A, 0x4B)
+    READY_POLLS: ClassVar[int] = READY_POLLS
 
     def __init__(
         self,
@@ -58,8 +60,9 @@ class TMP102(I2CSensor):
         *,
         name: str = "",
         sleep: Sleep = time.sleep,
+        monotonic: Monotonic = time.monotonic,
     ) -> None:
-        super().__init__(bus, address, name=name, sleep=sleep)
+        super().__init__(bus, address, name=name, sleep=sleep, monotonic=monotonic)
 
     @property
     def measurement_time_s(self) -> float:
@@ -77,17 +80,13 @@ class TMP102(I2CSensor):
             )
         self._write_config(CONFIG_SD)
 
-    def _measure(self) -> dict[str, float]:
+    def _start(self) -> float:
         self._write_config(CONFIG_SD | CONFIG_OS)
-        self._sleep(CONVERSION_MAX_S)
-        waited = CONVERSION_MAX_S
-        for attempt in range(READY_POLLS + 1):
-            if read_register(self._bus, self._address, REG_CONFIG, 2)[0] & CONFIG_OS:
-                break
-            if attempt == READY_POLLS:
-                raise MeasurementTimeout(self._name, waited)
-            self._sleep(READY_POLL_S)
-            waited += READY_POLL_S
+        return CONVERSION_MAX_S
+
+    def _collect(self) -> dict[str, float]:
+        if not read_register(self._bus, self._address, REG_CONFIG, 2)[0] & CONFIG_OS:
+            raise ChipBusy(READY_POLL_S)
         raw = int.from_bytes(read_register(self._bus, self._address, REG_TEMPERATURE, 2), "big")
         return {"temperature_c": temperature_from_register(raw)}
 

@@ -1,7 +1,7 @@
 """One contract suite over every backend.
 
 Always over the mock backend, and over the real smbus backend whose ioctl edge is
-:class:`tests.hal.conftest.StubAdapter` on a simulated board. Over real hardware
+:class:`hal.sim.stub.StubAdapter` on a simulated board. Over real hardware
 when ``DEVICE_AGENT_I2C_BUS`` names a bus (e.g. ``DEVICE_AGENT_I2C_BUS=1`` on a Pi
 with sensors attached); the hardware case is then collected, otherwise it is not
 generated at all (this machine has no I2C adapter).
@@ -17,11 +17,11 @@ import pytest
 
 from hal.backend import Backend, open_backend
 from hal.discovery import PARTS, open_sensors, scan
-from hal.exc import SensorError
+from hal.exc import ConversionNotReady, SensorError
 from hal.sensor import UNITS, Sensor
 from hal.sim.boards import build_board
+from hal.sim.stub import StubAdapter
 from hal.smbus_backend import SMBusBackend
-from tests.hal.conftest import StubAdapter
 
 PLAUSIBLE = {
     "temperature_c": (-40.0, 85.0),
@@ -99,5 +99,40 @@ def test_close_is_idempotent_and_final(sensors: list[Sensor]) -> None:
     for sensor in sensors:
         sensor.close()
         sensor.close()
-        with pytest.raises(SensorError, match="closed"):
-            sensor.read()
+        for step in (sensor.read, sensor.start, sensor.collect):
+            with pytest.raises(SensorError, match="closed"):
+                step()
+
+
+def test_two_step_measurement_overlaps_every_sensor(
+    target: tuple[Backend, int], sensors: list[Sensor]
+) -> None:
+    """start() every sensor, collect each when due: no step waits on a conversion,
+    and collecting early is refused until the time start() gave has passed."""
+    backend, _ = target
+    due: dict[str, float] = {}
+    readings: dict[str, dict[str, float]] = {}
+    for sensor in sensors:
+        began = backend.monotonic()
+        wait = sensor.start()
+        assert 0.0 < wait <= 0.2, (sensor.name, wait)  # the datasheets' maxima: 1.6-180 ms
+        due[sensor.name] = began + wait
+        try:
+            readings[sensor.name] = sensor.collect()
+        except ConversionNotReady as exc:
+            assert 0.0 < exc.remaining_s <= wait, sensor.name
+        else:  # only when the machine was so slow that the conversion time had passed
+            assert backend.monotonic() >= began + wait, sensor.name
+    for sensor in sorted(sensors, key=lambda s: due[s.name]):
+        if sensor.name in readings:
+            continue
+        left = due[sensor.name] - backend.monotonic()
+        if left > 0:
+            backend.sleep(left)
+        readings[sensor.name] = sensor.collect()
+    for sensor in sensors:
+        reading = readings[sensor.name]
+        assert set(reading) == set(sensor.quantities), sensor.name
+        for quantity, value in reading.items():
+            low, high = PLAUSIBLE[quantity]
+            assert math.isfinite(value) and low <= value <= high, (sensor.name, quantity, value)

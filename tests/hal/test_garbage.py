@@ -88,6 +88,11 @@ class GarbageBackend:
     def sleep(seconds: float) -> None:
         """No time passes."""
 
+    @staticmethod
+    def monotonic() -> float:
+        """Time stands still."""
+        return 0.0
+
     def bus(self, number: int) -> GarbageBus:
         return self._bus
 

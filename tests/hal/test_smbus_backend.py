@@ -4,7 +4,7 @@ No I2C adapter is needed: a missing ``/dev/i2c-N`` gives ENOENT as on a Pi with
 I2C disabled, and a regular file opened as a bus makes the kernel refuse the
 ``I2C_RDWR`` ioctl (ENOTTY), which must arrive as an :class:`I2CError` with that
 errno. Two smbus2 stand-ins sit at the ioctl edge for the rest: one raises the
-kernel's I2C errnos; the other, :class:`tests.hal.conftest.StubAdapter` (like
+kernel's I2C errnos; the other, :class:`hal.sim.stub.StubAdapter` (like
 Linux's ``i2c-stub``), carries the real ``i2c_msg`` structures to a simulated
 board, so the successful path (messages built, read buffers filled) runs through
 the real backend and drivers.
@@ -24,8 +24,9 @@ from hal.drivers.sht3x import SHT3x
 from hal.exc import BusUnavailableError, I2CError, InvalidAddressError, UnknownBackendError
 from hal.sim.board import Board
 from hal.sim.clock import ManualClock
+from hal.sim.stub import StubAdapter
 from hal.smbus_backend import SMBusBackend
-from tests.hal.conftest import PINNED, StubAdapter
+from tests.hal.conftest import PINNED
 
 
 def test_open_backend_smbus_opens_nothing_until_asked() -> None:
