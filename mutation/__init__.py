@@ -1,0 +1,1 @@
+"""Mutation testing: the per-module report over mutmut's results (``make mutation``)."""
