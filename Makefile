@@ -71,9 +71,9 @@ $(VENV)/.mutation-installed: $(VENV)/.installed
 mutation: $(VENV)/.mutation-installed
 	$(if $(MUTANTS),,rm -rf mutants)
 	@start=$$(date +%s); \
-	nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTMUT_JOBS) $(MUTANTS) > mutants.log 2>&1; \
-	status=$$?; mkdir -p mutants; mv mutants.log mutants/run.log; \
-	if [ $$status != 0 ]; then tail -c 3000 mutants/run.log; exit $$status; fi; \
+	mkdir -p mutants; \
+	nice -n 10 $(VENV)/bin/mutmut run --max-children $(MUTMUT_JOBS) $(MUTANTS) > mutants/run.log 2>&1; \
+	status=$$?; if [ $$status != 0 ]; then tail -c 3000 mutants/run.log; exit $$status; fi; \
 	$(PY) -m mutation.report --seconds $$(( $$(date +%s) - start ))
 
 demo: venv
