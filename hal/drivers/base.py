@@ -60,7 +60,6 @@ class ChipBusy(Exception):
     """
 
     def __init__(self, poll_s: float) -> None:
-        super().__init__(poll_s)
         self.poll_s = poll_s
 
 
@@ -150,11 +149,7 @@ class I2CSensor:
             self._check_open()
             if self._ready:
                 return
-            try:
-                self._setup()
-            except HALError:
-                self._ready = False
-                raise
+            self._setup()  # on an error _ready stays False: the next call starts over
             self._ready = True
 
     @property
@@ -177,12 +172,11 @@ class I2CSensor:
             conversion = self._conversion
             if conversion is not None and conversion.ready_at > now:
                 return conversion.ready_at - now
-            self._conversion = None
             self.setup()
             try:
                 wait = self._start()
             except HALError:
-                self._ready = False
+                self._forget()
                 raise
             self._conversion = _Conversion(self._monotonic() + wait, wait)
             return wait
@@ -224,19 +218,22 @@ class I2CSensor:
             reading = self._collect()
         except ChipBusy as busy:
             if conversion.polls >= self.READY_POLLS:
-                self._conversion = None
-                self._ready = False
+                self._forget()
                 raise MeasurementTimeout(self._name, conversion.waited_s) from None
             conversion.polls += 1
             conversion.waited_s += busy.poll_s
             conversion.ready_at = self._monotonic() + busy.poll_s
             raise ConversionNotReady(self._name, busy.poll_s) from None
         except HALError:
-            self._conversion = None
-            self._ready = False
+            self._forget()
             raise
         self._conversion = None
         return reading
+
+    def _forget(self) -> None:
+        """After an error: no conversion pending, and the next one sets the chip up again."""
+        self._conversion = None
+        self._ready = False
 
     def close(self) -> None:
         """Put the chip to sleep where the part supports it; idempotent, never raises
@@ -245,11 +242,10 @@ class I2CSensor:
             if self._closed:
                 return
             self._closed = True
-            self._conversion = None
             if self._ready:
                 with contextlib.suppress(I2CError):
                     self._power_down()
-            self._ready = False
+            self._forget()
 
     def _check_open(self) -> None:
         if self._closed:
