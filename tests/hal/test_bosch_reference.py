@@ -49,7 +49,7 @@ FIXED: list[tuple[Calibration, int, int, int, tuple[int, int, int, int]]] = [
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    compiler = shutil.which("gcc") or shutil.which("cc")
+    compiler = shutil.which("gcc")
     if compiler is None:
         pytest.skip("no C compiler (gcc is in the Makefile's SYSTEM_PACKAGES)")
     binary = tmp_path_factory.mktemp("bosch") / "bosch_compensation"
