@@ -19,6 +19,8 @@ SYSTEM_PACKAGES += dpkg-dev debootstrap systemd-container python3.11
 # tpm2_flushcontext in tpm2-tools). The OpenSSL tpm2 provider is not listed: bookworm's
 # 1.1.1 fails every TLS handshake, so the tests fetch trixie's (tests/support/tpm.py).
 SYSTEM_PACKAGES += swtpm swtpm-tools tpm2-tools
+# tests/faults: the agent process alone gets a 1970 clock (LD_PRELOAD, FAKETIME_TIMESTAMP_FILE).
+SYSTEM_PACKAGES += libfaketime
 APT := apt-get -o DPkg::Lock::Timeout=300 -y -q
 
 .PHONY: all demo test lint typecheck pytest sysdeps venv clean deb mutation

@@ -15,7 +15,7 @@ A connection goes through these phases, each bounded by ``connect_timeout_s`` ov
     IDLE -start_connect-> TCP -writable-> TLS -handshake-> MQTT -CONNACK 0-> CONNECTED
     TCP, TLS, MQTT -error or timeout-> IDLE (ConnectionLost)
     MQTT -CONNACK n-> IDLE (ConnectRefused)
-    CONNECTED -drop or keep-alive timeout-> IDLE (ConnectionLost)
+    CONNECTED -drop, keep-alive timeout or silence-> IDLE (ConnectionLost)
     any -disconnect()-> IDLE (no event);  any -close()-> CLOSED
 
 The TCP connect and the TLS handshake are non-blocking and advance inside :meth:`poll`
@@ -25,6 +25,12 @@ MQTT framing, QoS 1 acknowledgements and keep-alive through its external-loop AP
 (``loop_read``/``loop_write``/``loop_misc``), driven by :meth:`poll`'s ``select``. For
 WebSockets, paho's HTTP upgrade is one blocking round trip on the already-established
 TLS connection, bounded by the time left.
+
+A connection that goes silent without a FIN or RST (a half-open path) is noticed by
+:data:`SILENCE_FACTOR`: paho pings after ``keep_alive_s`` without traffic, so a live
+server is never silent much longer than that; once nothing at all has come in for
+``SILENCE_FACTOR * keep_alive_s`` the connection is given up (paho alone would wait for
+the PINGRESP another ``keep_alive_s``, twice the keep-alive in all).
 
 Each :meth:`start_connect` makes a new paho client, so nothing of a lost connection
 (in-flight QoS 1 messages, packet ids) leaks into the next one: a message that got no
@@ -85,6 +91,9 @@ log = logging.getLogger(__name__)
 _CONNACK_FROM_REASON = {0: 0, 132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
 #: Longest single wait inside :meth:`MqttTransport.poll`, so keep-alive stays on time.
 _MAX_WAIT_S = 1.0
+#: A connected server silent for this many keep-alive periods is gone (see above): paho's
+#: PINGREQ goes out after one period, so its PINGRESP has a quarter period to arrive.
+SILENCE_FACTOR = 1.25
 #: Bound on the number of select rounds in one :meth:`MqttTransport.poll`.
 _MAX_ROUNDS = 100_000
 
@@ -157,6 +166,8 @@ class MqttTransport:
         self._sock: socket.socket | None = None  # raw/TLS socket until paho owns it
         self._client: Client | None = None
         self._deadline = 0.0
+        #: When the last bytes from the server arrived (CONNECTED only; our clock).
+        self._last_inbound = 0.0
         self._refused = False
         self._closing = False
         self._tls_wants_write = False
@@ -459,12 +470,23 @@ class MqttTransport:
         if sock is None:
             self._fail("connection closed")
             return
+        if self._phase is _Phase.CONNECTED:
+            silent_for = self._clock() - self._last_inbound
+            limit = SILENCE_FACTOR * self.endpoint.keep_alive_s
+            if silent_for >= limit:
+                self._fail(
+                    f"nothing from the server for {silent_for:.1f} s "
+                    f"(keep-alive {self.endpoint.keep_alive_s} s): connection presumed dead"
+                )
+                return
+            wait = min(wait, limit - silent_for)
         pending = sock.pending() if hasattr(sock, "pending") else 0
         readable, writable = self._wait(
             [sock], [sock] if client.want_write() else [], 0.0 if pending else wait
         )
         try:
             if sock in readable or pending:
+                self._last_inbound = self._clock()
                 client.loop_read()
             if client.socket() is not None and (sock in writable or client.want_write()):
                 client.loop_write()
@@ -496,6 +518,7 @@ class MqttTransport:
         code = _CONNACK_FROM_REASON.get(int(reason.value), int(reason.value))
         if code == 0:
             self._phase = _Phase.CONNECTED
+            self._last_inbound = self._clock()
             self._events.append(Connected(session_present=bool(flags.session_present)))
             log.info("connected to %s", self.endpoint)
         else:

@@ -13,8 +13,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
-
 from agent.core.lifecycle import State
 from devcloud.errors import ThrottledError
 from tests.faults.conftest import Proxied
@@ -96,11 +94,6 @@ def test_a_stalled_tls_handshake_times_out_and_is_retried_until_the_hub_answers(
         assert agent.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#9 item 4: paho notices a silent connection only after 2 x keep_alive_s "
-    "(PINGREQ after keep_alive_s, then keep_alive_s for its PINGRESP)",
-)
 def test_a_half_open_connection_is_detected_within_one_and_a_half_keep_alives(
     proxied: Proxied,
 ) -> None:

@@ -28,6 +28,8 @@ PROGRAMS: Final[dict[str, str]] = {
     "echo": "coreutils",
     "cat": "coreutils",
     "unshare": "util-linux",
+    "mount": "mount",  # tests/faults: a small tmpfs as a full state disk
+    "umount": "mount",
     "dpkg": "dpkg",
     "dpkg-query": "dpkg",
     "apt-get": "apt",
