@@ -40,3 +40,31 @@ def utc_iso(epoch_s: float) -> str:
     """``2026-01-02T03:04:05.678Z`` for an epoch time."""
     stamp = datetime.fromtimestamp(epoch_s, tz=UTC)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+#: A wall clock earlier than this (2025-01-01T00:00:00Z) has not been set: a device with
+#: no RTC boots at 1970 until NTP syncs. Nothing made by or for this agent predates it.
+CLOCK_SET_AFTER_S = 1_735_689_600.0
+
+
+def clock_unset(epoch_s: float) -> bool:
+    """Whether a wall-clock reading is before :data:`CLOCK_SET_AFTER_S` (not set yet)."""
+    return epoch_s < CLOCK_SET_AFTER_S
+
+
+def not_yet_valid_reason(not_before: datetime, now: datetime) -> str:
+    """Why a certificate is not valid yet at ``now``; the clock named when it is unset.
+
+    The text names days, not seconds, so a re-check that fails the same way says the
+    same thing (and is not logged again).
+    """
+    if clock_unset(now.timestamp()):
+        return (
+            f"the certificate is not valid before {not_before:%Y-%m-%d} and the system clock "
+            f"reads {now:%Y-%m-%d}: the clock has not been set yet (no RTC, no NTP sync); "
+            f"no TLS until it is"
+        )
+    return (
+        f"the certificate is not valid before {not_before.isoformat()} "
+        f"(the clock reads {now:%Y-%m-%d}; is it right?)"
+    )

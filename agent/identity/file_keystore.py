@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.config import REGISTRATION_ID_RE, IdentityConfig
+from agent.core.clock import not_yet_valid_reason
 from agent.errors import CertificateInvalidError, KeyPermissionError, KeystoreError
 from agent.identity.keystore import Identity
 
@@ -208,11 +209,7 @@ def _check_validity(
     path: Path, not_before: datetime, not_after: datetime, now: datetime
 ) -> list[str]:
     if now < not_before:
-        raise CertificateInvalidError(
-            f"the certificate is not valid before {not_before.isoformat()} "
-            f"(now {now.isoformat()}; is the clock right?)",
-            path=path,
-        )
+        raise CertificateInvalidError(not_yet_valid_reason(not_before, now), path=path)
     if now >= not_after:
         raise CertificateInvalidError(
             f"the certificate expired at {not_after.isoformat()}",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.config import IdentityConfig
+from agent.core.clock import not_yet_valid_reason
 from agent.errors import KeystoreError
 
 __all__ = ["Identity", "Keystore", "open_keystore"]
@@ -48,10 +49,7 @@ class Identity:
     def invalid_reason(self, moment: datetime) -> str | None:
         """Why the certificate cannot be used at ``moment`` (None if it can)."""
         if moment < self.not_before:
-            return (
-                f"{self.cert_chain_path}: the certificate is not valid before "
-                f"{self.not_before.isoformat()} (now {moment.isoformat()}; is the clock right?)"
-            )
+            return f"{self.cert_chain_path}: {not_yet_valid_reason(self.not_before, moment)}"
         if moment >= self.not_after:
             return (
                 f"{self.cert_chain_path}: the certificate expired at "

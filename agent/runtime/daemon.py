@@ -66,7 +66,7 @@ from datetime import UTC, datetime
 from agent import __version__
 from agent.config import AgentConfig
 from agent.core import lifecycle, provisioning
-from agent.core.clock import Clock, SystemClock, utc_iso
+from agent.core.clock import Clock, SystemClock, clock_unset, utc_iso
 from agent.core.telemetry import MemoryQueue, Publisher, build_message, sample
 from agent.core.twin import Settings
 from agent.errors import (
@@ -149,6 +149,7 @@ class Daemon:
         #: Checked by the child, not yet written to the identity cache.
         self._identity_to_cache: Identity | None = None
         self.sequence = 0
+        self._clock_unset_logged = False
         self.started_at = self.clock.monotonic()
         self.last_telemetry_at: str | None = None
         self._stopped = threading.Event()
@@ -361,6 +362,18 @@ class Daemon:
 
     def _sample(self) -> None:
         hardware = self.hardware
+        now = self.clock.time()
+        if clock_unset(now):
+            # A reading stamped 1970 is worse than none: hold sampling until the clock is set.
+            if not self._clock_unset_logged:
+                log.warning(
+                    "telemetry held back: the system clock reads %s (not set yet)", utc_iso(now)
+                )
+                self._clock_unset_logged = True
+            return
+        if self._clock_unset_logged:
+            log.info("the system clock is set (%s): sampling telemetry", utc_iso(now))
+            self._clock_unset_logged = False
         taken = sample(hardware.sensors, disabled=self.settings.disabled_sensors)
         self.sequence += 1
         now = self.clock.time()

@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from tests.support.agentcloud import Cloud, issue_device, write_config
 from tests.support.waiting import wait_until
 
@@ -55,11 +53,6 @@ def status_state(state_dir: Path) -> str | None:
         return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#9 item 4: a 1970 clock is reported only as a certificate 'not valid before', "
-    "re-logged several times a second, and telemetry sampled meanwhile goes out stamped 1970",
-)
 def test_a_1970_clock_holds_tls_back_until_it_is_sane_and_says_so(
     cloud: Cloud, tmp_path: Path
 ) -> None:
