@@ -79,13 +79,19 @@ _PIN_NAME_RE = re.compile(r"^[A-Za-z0-9_:]{1,32}$")
 class IdentityConfig:
     """Where the device's X.509 identity lives (paths only; no secret in the config)."""
 
-    keystore: Literal["file"] = "file"
+    #: ``file``: PEM key on disk; ``tpm``: a TSS2 key blob usable only with this TPM.
+    keystore: Literal["file", "tpm"] = "file"
     cert_chain_path: Path
     key_path: Path
     key_passphrase_file: Path | None = None
     trust_anchor_paths: tuple[Path, ...] = ()
     #: ``None``: the certificate's CN is the registration id.
     registration_id: str | None = None
+    #: Where a device without a certificate writes its CSR (first boot, ``keys csr``).
+    csr_path: Path = Path("/boot/firmware/device-agent/device-agent.csr")
+    #: The TPM: the tpm2 provider's TCTI and the OpenSSL config that loads the provider.
+    tpm_tcti: str = "device:/dev/tpmrm0"
+    openssl_conf: Path = Path("/etc/device-agent/openssl-tpm2.cnf")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,7 +258,7 @@ def parse_config(data: Mapping[str, object], *, source: Path) -> AgentConfig:
 
 
 def _identity(t: _Table, base: Path) -> IdentityConfig:
-    keystore = t.choice("keystore", ("file",), "file")
+    keystore = t.choice("keystore", ("file", "tpm"), "file")
     anchors = t.list_of("trust_anchor_paths", lambda key, v: t.path_value(key, v, base), ())
     regid = t.optional_string("registration_id")
     if regid is not None and not REGISTRATION_ID_RE.match(regid):
@@ -261,14 +267,23 @@ def _identity(t: _Table, base: Path) -> IdentityConfig:
             "expected up to 128 characters of letters, digits, '-', '.', '_', ':',"
             " ending with a letter, digit or '-'",
         )
+    defaults = IdentityConfig(cert_chain_path=Path(), key_path=Path())
+    csr_path = t.optional_path("csr_path", base) or defaults.csr_path
+    openssl_conf = t.optional_path("openssl_conf", base) or defaults.openssl_conf
+    tcti = t.optional_string("tpm_tcti") or defaults.tpm_tcti
     config = IdentityConfig(
-        keystore=cast(Literal["file"], keystore),
+        keystore=cast(Literal["file", "tpm"], keystore),
         cert_chain_path=t.path("cert_chain_path", base),
         key_path=t.path("key_path", base),
         key_passphrase_file=t.optional_path("key_passphrase_file", base),
         trust_anchor_paths=anchors,
         registration_id=regid,
+        csr_path=csr_path,
+        tpm_tcti=tcti,
+        openssl_conf=openssl_conf,
     )
+    if keystore == "tpm" and config.key_passphrase_file is not None:
+        raise t.error("key_passphrase_file", "a TPM key has no passphrase file")
     t.finish()
     return config
 

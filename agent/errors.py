@@ -62,6 +62,25 @@ class CertificateInvalidError(KeystoreError, ValueError):
     """Expired, not yet valid, key mismatch, or a chain that does not build."""
 
 
+class IdentityPendingError(CertificateInvalidError):
+    """No certificate yet: a CSR was written and the device waits for it to be signed."""
+
+
+class TpmError(CertificateInvalidError):
+    """The TPM cannot use the key now: unreachable, or the key blob is another TPM's.
+
+    The daemon waits (IDENTITY_WAIT) and re-checks: a TPM that comes back, or a new key
+    and certificate installed, makes the identity usable again."""
+
+
+class TpmUnavailableError(TpmError, ConnectionError):
+    """The TPM cannot be reached (no device, no resource manager, swtpm stopped)."""
+
+
+class ForeignTpmKeyError(TpmError):
+    """The key blob was made by another TPM (TPM_RC_INTEGRITY on load)."""
+
+
 class StateError(AgentError, ValueError):
     """The state file is corrupt, of another schema, or bound to another identity."""
 

@@ -58,6 +58,8 @@ def run_checks(
     moment = now or datetime.now(UTC)
     yield CheckResult("config", "ok", str(config.source))
     yield _check_clock(moment)
+    if config.identity.keystore == "tpm":
+        yield _check_tpm(config)
     identity, result = _check_certificate(config, moment)
     yield result
     yield _check_trust_chain(config, moment, identity)
@@ -72,6 +74,36 @@ def run_checks(
         yield from _check_sensors(config)
     else:
         yield CheckResult("sensors", "skip", "sensor checks turned off")
+
+
+def _check_tpm(config: AgentConfig) -> CheckResult:
+    """The TPM answers, the key blob is a TSS2 blob (never exportable) and loads in it."""
+    from agent.errors import TpmError
+    from agent.identity.tpm import is_tss2_blob, probe_key
+
+    identity = config.identity
+    if not identity.key_path.exists():
+        return CheckResult(
+            "tpm", "fail", f"{identity.key_path}: no key (device-agent keys create --tpm)"
+        )
+    if not is_tss2_blob(identity.key_path):
+        return CheckResult(
+            "tpm", "fail", f"{identity.key_path}: not a TSS2 blob: a software key, exportable"
+        )
+    if not identity.cert_chain_path.exists():
+        return CheckResult(
+            "tpm", "warn", "TSS2 key blob (not exportable); no certificate yet to load it with"
+        )
+    try:
+        probe_key(identity, identity.cert_chain_path)
+    except TpmError as exc:
+        return CheckResult("tpm", "fail", str(exc))
+    return CheckResult(
+        "tpm",
+        "ok",
+        f"reachable ({identity.tpm_tcti}); the key loads in it and matches the certificate; "
+        "TSS2 blob, not exportable",
+    )
 
 
 def _check_clock(now: datetime) -> CheckResult:

@@ -3,7 +3,10 @@
 Commands: ``run`` (the daemon), ``provision`` (one DPS registration, prints the
 assignment), ``status`` (cached assignment + the running daemon's live status),
 ``check`` (is this device ready?), ``image-prep`` (strip state before capturing a
-golden image) and ``sensors scan|read`` (the HAL's own commands).
+golden image), ``keys create|csr|install-cert|show`` (the device key and certificate,
+:mod:`agent.cli.keys`) and ``sensors scan|read`` (the HAL's own commands). With
+``keystore = "tpm"`` the commands that may load the key re-execute themselves with
+``OPENSSL_CONF`` and ``TPM2OPENSSL_TCTI`` when those are not set.
 
 The config path comes from ``--config``, else ``$DEVICE_AGENT_CONFIG``, else
 ``/etc/device-agent/agent.toml``. Exit codes follow sysexits: any
@@ -114,6 +117,10 @@ def build_parser(*, with_hal: bool = True) -> argparse.ArgumentParser:
     )
     image_prep.set_defaults(func=_image_prep)
 
+    from agent.cli.keys import register_cli as register_keys
+
+    register_keys(commands, _config)
+
     if with_hal:
         import hal.cli
 
@@ -130,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(with_hal=needs_hal)
     args = parser.parse_args(words)
     try:
+        if args.command in _TPM_COMMANDS:
+            _reexec_with_tpm_environment(args, words)
         code: int = args.func(args)
     except AgentError as exc:
         print(f"device-agent: {exc}", file=sys.stderr)
@@ -143,6 +152,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("device-agent: internal error (a bug; please report it)", file=sys.stderr)
         return EX_SOFTWARE
     return code
+
+
+# --- the TPM's environment ---------------------------------------------------------------
+
+#: Commands that may load a TPM key (OpenSSL must have the tpm2 provider from the start).
+_TPM_COMMANDS = frozenset({"run", "provision", "check", "keys"})
+_REEXEC_MARK = "DEVICE_AGENT_TPM_REEXEC"
+
+
+def _reexec_with_tpm_environment(args: argparse.Namespace, words: list[str]) -> None:
+    """With ``keystore = "tpm"``, make sure OPENSSL_CONF and TPM2OPENSSL_TCTI are set.
+
+    OpenSSL reads its config once, at the first use, so the variables must be in the
+    environment when the process starts: if they are missing, this process replaces
+    itself with the same command and them (once; the unit sets them already).
+    """
+    identity = _config(args).identity
+    if identity.keystore != "tpm" or os.environ.get(_REEXEC_MARK):
+        return
+    if os.environ.get("OPENSSL_CONF") and os.environ.get("TPM2OPENSSL_TCTI"):
+        return
+    env = dict(os.environ)
+    env.setdefault("OPENSSL_CONF", str(identity.openssl_conf))
+    env.setdefault("TPM2OPENSSL_TCTI", identity.tpm_tcti)
+    env[_REEXEC_MARK] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "agent", *words], env)  # noqa: S606
 
 
 # --- commands ---------------------------------------------------------------------------

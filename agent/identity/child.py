@@ -25,7 +25,15 @@ from datetime import datetime
 from pathlib import Path
 
 from agent.config import IdentityConfig
-from agent.errors import CertificateInvalidError, KeyPermissionError, KeystoreError
+from agent.errors import (
+    CertificateInvalidError,
+    ForeignTpmKeyError,
+    IdentityPendingError,
+    KeyPermissionError,
+    KeystoreError,
+    TpmError,
+    TpmUnavailableError,
+)
 from agent.identity.keystore import Identity, open_keystore
 
 __all__ = [
@@ -46,6 +54,10 @@ _ERRORS: dict[str, type[KeystoreError]] = {
     "KeystoreError": KeystoreError,
     "KeyPermissionError": KeyPermissionError,
     "CertificateInvalidError": CertificateInvalidError,
+    "IdentityPendingError": IdentityPendingError,
+    "TpmError": TpmError,
+    "TpmUnavailableError": TpmUnavailableError,
+    "ForeignTpmKeyError": ForeignTpmKeyError,
 }
 
 
@@ -95,6 +107,9 @@ def config_to_json(config: IdentityConfig) -> dict[str, object]:
         ),
         "trust_anchor_paths": [str(p) for p in config.trust_anchor_paths],
         "registration_id": config.registration_id,
+        "csr_path": str(config.csr_path),
+        "tpm_tcti": config.tpm_tcti,
+        "openssl_conf": str(config.openssl_conf),
     }
 
 
@@ -105,8 +120,15 @@ def config_from_json(doc: Mapping[str, object]) -> IdentityConfig:
     registration_id = doc.get("registration_id")
     if not isinstance(anchors, list):
         raise ValueError("trust_anchor_paths must be a list")
+    keystore = doc.get("keystore", "file")
+    if keystore not in ("file", "tpm"):
+        raise ValueError(f"unknown keystore {keystore!r}")
+    defaults = IdentityConfig(cert_chain_path=Path(), key_path=Path())
     return IdentityConfig(
-        keystore="file",
+        keystore="tpm" if keystore == "tpm" else "file",
+        csr_path=Path(str(doc.get("csr_path", defaults.csr_path))),
+        tpm_tcti=str(doc.get("tpm_tcti", defaults.tpm_tcti)),
+        openssl_conf=Path(str(doc.get("openssl_conf", defaults.openssl_conf))),
         cert_chain_path=Path(str(doc["cert_chain_path"])),
         key_path=Path(str(doc["key_path"])),
         key_passphrase_file=None if passphrase_file is None else Path(str(passphrase_file)),

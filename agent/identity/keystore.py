@@ -59,7 +59,7 @@ class Identity:
 
 
 class Keystore(Protocol):
-    """Where the identity lives: files today, a TPM next; every keystore implements this."""
+    """Where the identity lives (files, a TPM); every keystore implements this."""
 
     def load(self, *, now: datetime) -> Identity:
         """Load and check the identity as of ``now`` (timezone-aware UTC)."""
@@ -67,9 +67,13 @@ class Keystore(Protocol):
 
 
 def open_keystore(config: IdentityConfig, *, config_path: Path) -> Keystore:
-    """The keystore the config names (``keystore = "file"``)."""
+    """The keystore the config names (``keystore = "file"`` or ``"tpm"``)."""
     if config.keystore == "file":
         from agent.identity.file_keystore import FileKeystore
 
         return FileKeystore(config, config_path=config_path)
+    if config.keystore == "tpm":
+        from agent.identity.tpm_keystore import TpmKeystore
+
+        return TpmKeystore(config, config_path=config_path)
     raise KeystoreError(f"unknown keystore {config.keystore!r}", path=config_path)

@@ -55,9 +55,13 @@ refuses) is logged, never fatal.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -75,6 +79,8 @@ from agent.errors import (
     AgentError,
     CertificateInvalidError,
     ConfigError,
+    IdentityPendingError,
+    TpmError,
     TransportError,
 )
 from agent.identity.cache import files_signature, load_cached_identity, save_identity_cache
@@ -146,6 +152,8 @@ class Daemon:
             route=self.actions.route,
         )
         self._identity_files: tuple[tuple[int, int, int, int], ...] = ()
+        #: Why a first boot waits (key and CSR made), once per run.
+        self._enrolment: CertificateInvalidError | None = None
         #: Checked by the child, not yet written to the identity cache.
         self._identity_to_cache: Identity | None = None
         self.sequence = 0
@@ -198,13 +206,15 @@ class Daemon:
         cfg = self.config
         problem: str | None = None
         try:
+            self._enrol_if_needed()
             identity: Identity | None = self._load_identity(use_cache=True)
+            assert identity is not None
+            self.check_tls(identity)
         except CertificateInvalidError as exc:
-            # Not a configuration error: wait (running) until the certificate is usable.
+            # Not a configuration error: wait (running) until the certificate is usable
+            # (or, at first boot, until the certificate for our CSR is installed).
             identity, problem = None, str(exc)
             log.error("identity unusable, waiting for a usable certificate: %s", problem)
-        if identity is not None:
-            self.check_tls(identity)
         self.open_hardware()
         store = self.actions.store = StateStore(cfg.state.directory, None, clock=self.clock)
         try:
@@ -290,11 +300,15 @@ class Daemon:
     def _recheck_identity(self) -> None:
         """IDENTITY_WAIT: load the identity again; feed the outcome to the lifecycle."""
         try:
+            self._enrol_if_needed()
             identity = self._load_identity()
             self.check_tls(identity)
         except AgentError as exc:
             self.actions.feed(lifecycle.IdentityInvalid(str(exc)))
             return
+        # A connection made before holds the old key object (a TPM key's handle does not
+        # survive the TPM): the next connection builds its TLS context afresh.
+        self.actions.close_transport()
         cached = self._adopt(identity)
         assert self.store is not None
         log.info("identity usable: registration id %s", identity.registration_id)
@@ -307,11 +321,38 @@ class Daemon:
         """Build both TLS contexts once; ConfigError (exit 78) if the files do not load."""
         from agent.runtime.endpoint import build_ssl_context
 
+        tpm = self.config.identity.keystore == "tpm"
+        if tpm and not os.environ.get("OPENSSL_CONF"):
+            raise ConfigError(
+                self.config.source,
+                "identity.keystore",
+                "a TPM key needs OPENSSL_CONF and TPM2OPENSSL_TCTI in the daemon's environment"
+                " (the unit sets them; `device-agent run` re-executes itself with them)",
+            )
         for link in Link:
             try:
                 build_ssl_context(self.actions.tls(link, identity))
             except TransportError as exc:
+                if tpm:  # the TPM went away between the check and now: wait, re-check
+                    raise TpmError(f"TLS with the TPM key: {exc}") from exc
                 raise ConfigError(self.config.source, link.value, f"TLS settings: {exc}") from exc
+
+    def _enrol_if_needed(self) -> None:
+        """First boot without a certificate: key + CSR (in a child), then wait for it.
+
+        Raises :class:`IdentityPendingError` (the lifecycle waits in IDENTITY_WAIT) while
+        no certificate is installed; the CSR is written once per run.
+        """
+        from agent.identity.enroll import needs_enrolment
+
+        cfg = self.config.identity
+        if not needs_enrolment(cfg):
+            self._enrolment = None
+            return
+        if self._enrolment is None:
+            self._enrolment = run_enrolment_child(self.config)
+            log.warning("%s", self._enrolment)
+        raise self._enrolment
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -528,3 +569,31 @@ def provision_once(
         return outcome.assignment
     finally:
         daemon._shutdown()
+
+
+def run_enrolment_child(config: AgentConfig) -> CertificateInvalidError:
+    """Run :func:`agent.identity.enroll.first_boot` in a child; the reason the device waits."""
+    from agent.identity.tpm import tpm_environment
+
+    env = tpm_environment(config.identity) if config.identity.keystore == "tpm" else None
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent.identity.enroll", str(config.source)],
+            capture_output=True,
+            timeout=120,
+            check=False,
+            env=env,
+        )
+        answer = json.loads(done.stdout.decode("utf-8"))
+    except (OSError, subprocess.SubprocessError, ValueError, UnicodeDecodeError) as exc:
+        return CertificateInvalidError(f"first boot: could not make the key and CSR: {exc}")
+    if not isinstance(answer, dict):
+        return CertificateInvalidError("first boot: the enrolment child answered nonsense")
+    if "pending" in answer:
+        fix = answer.get("fix")
+        return IdentityPendingError(
+            str(answer["pending"]),
+            path=config.identity.cert_chain_path,
+            fix=None if fix is None else str(fix),
+        )
+    return CertificateInvalidError(f"first boot: {answer.get('error', 'failed')}")

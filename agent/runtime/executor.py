@@ -134,7 +134,17 @@ class Executor:
         identity = self.identity
         if identity is None:
             return None
-        return identity.invalid_reason(datetime.fromtimestamp(self.clock.time(), UTC))
+        reason = identity.invalid_reason(datetime.fromtimestamp(self.clock.time(), UTC))
+        if reason is None and self.config.identity.keystore == "tpm":
+            # A failed connection with a TPM key: is the TPM still there (and the key its)?
+            from agent.errors import TpmError
+            from agent.identity.tpm import probe_key
+
+            try:
+                probe_key(self.config.identity, identity.cert_chain_path)
+            except TpmError as exc:
+                reason = str(exc)
+        return reason
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -304,11 +314,18 @@ class Executor:
             current.disconnect()
         else:
             self.close_transport()
-            self.transport = MqttTransport(
-                endpoint,
-                self.tls(link),
-                connect_timeout_s=self.config.lifecycle.connect_timeout_s,
-            )
+            try:
+                self.transport = MqttTransport(
+                    endpoint,
+                    self.tls(link),
+                    connect_timeout_s=self.config.lifecycle.connect_timeout_s,
+                )
+            except TransportError as exc:
+                # The key cannot be used now (a TPM that went away, a file replaced
+                # under us): wait for a usable identity instead of failing the loop.
+                log.error("cannot use the identity for %s: %s", link.value, exc)
+                self.feed(lifecycle.IdentityInvalid(f"cannot use the identity: {exc}"))
+                return
             self.link = link
         assert self.transport is not None
         self.transport.start_connect()

@@ -233,7 +233,7 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         ("[state]\ndir = '/x'\n", "state.dir", "unknown key"),
         ("[log]\nlevel = 'LOUD'\n", "log.level", "'DEBUG'"),
         ("[logging]\nlevel = 'INFO'\n", "logging", "unknown key"),
-        ("[identity]\nkeystore = 'tpm'\n", "identity.keystore", "'file'"),
+        ("[identity]\nkeystore = 'hsm'\n", "identity.keystore", "'tpm'"),
         ("[identity]\nregistration_id = 'has space'\n", "identity.registration_id", "128"),
         ("[identity]\nregistration_id = 'ends.'\n", "identity.registration_id", "ending"),
         ("[identity]\ntrust_anchor_paths = 'root.pem'\n", "identity.trust_anchor_paths", "array"),

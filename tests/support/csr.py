@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from devcloud.pki import Issued
-from tests.support.csr_der import _encode_length
+from agent.identity.csr import _encode_length
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 

@@ -382,12 +382,17 @@ class SwTpm:
             check=False,
         )
 
-    def start(self) -> SwTpm:
-        """Start swtpm and wait until its control channel answers."""
+    def start(self, *, same_port: bool = False) -> SwTpm:
+        """Start swtpm and wait until its control channel answers.
+
+        ``same_port``: listen where the last run did (a client's TCTI names the port).
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
         last = ""
+        keep = same_port and self.port != 0
         for _ in range(START_ATTEMPTS):
-            self.port = _free_port_pair(self.host)
+            if not keep:
+                self.port = _free_port_pair(self.host)
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
                     [

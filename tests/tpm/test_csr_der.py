@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.csr import add_null_params, csr_der, ec_key
-from tests.support.csr_der import strip_ecdsa_null_params
+from agent.identity.csr import strip_ecdsa_null_params
 
 EC_KEY = ec_key()
 RSA_KEY = rsa.generate_private_key(65537, 2048)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from devcloud.app import DevCloudHandle
 from devcloud.issuance import check_csr
 from devcloud.pki import Issued
-from tests.support.csr_der import strip_ecdsa_null_params
+from agent.identity.csr import strip_ecdsa_null_params
 from tests.support.devcloud import devcloud_fixture  # noqa: F401
 from tests.support.tpm import (
     AptSource,

@@ -1,4 +1,12 @@
-"""Repair the outer ``signatureAlgorithm`` of CSRs that tpm2-openssl 1.3.0 makes.
+"""Certificate signing requests: made with a file or a TPM key, repaired, written out.
+
+:func:`make_csr` gives the DER PKCS#10 for the configured key, CN = the registration id
+(file keys: ``cryptography``; TPM keys: ``openssl req`` in a child, see
+:mod:`agent.identity.tpm`, then :func:`strip_ecdsa_null_params`); :func:`write_csr`
+writes it as PEM, atomically. :func:`csr_base64` is the wire form DPS and the hub take
+(base64 DER, no PEM armour).
+
+Repairing the outer ``signatureAlgorithm`` of CSRs that tpm2-openssl 1.3.0 makes:
 
 tpm2-openssl 1.3.0 writes ``ecdsa-with-SHA256`` *with* a NULL parameter in a CSR's
 outer ``signatureAlgorithm``; RFC 5758 (section 3.2) says the parameters MUST be absent,
@@ -6,11 +14,19 @@ and ``cryptography`` refuses such a CSR (``ParseError ... Csr::signature_alg``),
 strict CA may. That field is outside the signed ``certificationRequestInfo``, so
 dropping the NULL keeps the signature valid. :func:`strip_ecdsa_null_params` does just
 that, at the DER level, and returns any other CSR unchanged.
-
-(Kept here for the TPM tests until ``agent/identity`` exists to hold it.)
 """
 
 from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from pathlib import Path
+
+from agent.config import IdentityConfig
+from agent.errors import KeystoreError
+
+__all__ = ["csr_base64", "make_csr", "strip_ecdsa_null_params", "write_csr"]
 
 #: DER contents of the ecdsa-with-SHA1/224/256/384/512 OIDs (1.2.840.10045.4.1, .4.3.1-4).
 _ECDSA_OIDS = frozenset(
@@ -97,3 +113,56 @@ def strip_ecdsa_null_params(der: bytes) -> bytes:
     algorithm = bytes([_SEQUENCE]) + _encode_length(len(oid)) + oid
     body = der[parts[0][1] : parts[0][3]] + algorithm + der[parts[2][1] : parts[2][3]]
     return bytes([_SEQUENCE]) + _encode_length(len(body)) + body
+
+
+def make_csr(config: IdentityConfig, common_name: str) -> bytes:
+    """A DER CSR for the configured key (TPM or file), CN = ``common_name``."""
+    if config.keystore == "tpm":
+        from agent.identity.tpm import tpm_csr_der
+
+        return strip_ecdsa_null_params(tpm_csr_der(config, common_name))
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    try:
+        key = serialization.load_pem_private_key(config.key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise KeystoreError(f"cannot load the key for a CSR: {exc}", path=config.key_path) from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise KeystoreError("only EC and RSA keys can sign a CSR", path=config.key_path)
+    digest = hashes.SHA384() if isinstance(key, ec.EllipticCurvePrivateKey) else hashes.SHA256()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, digest)
+    )
+    return csr.public_bytes(serialization.Encoding.DER)
+
+
+def csr_base64(der: bytes) -> str:
+    """The wire form of a CSR: base64 DER without PEM armour or newlines."""
+    return base64.b64encode(der).decode("ascii")
+
+
+def write_csr(path: Path, der: bytes) -> Path:
+    """Write the CSR as PEM to ``path`` (temporary file, fsync, rename)."""
+    body = csr_base64(der)
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    pem = "-----BEGIN CERTIFICATE REQUEST-----\n" + "\n".join(lines)
+    pem += "\n-----END CERTIFICATE REQUEST-----\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(pem)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
