@@ -20,12 +20,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from agent.identity.csr import strip_ecdsa_null_params
 from devcloud.app import DevCloudHandle
 from devcloud.errors import ConflictError, InvalidRequestError, NotFoundError
 from devcloud.issuance import ISSUANCE_API_VERSION
 from devcloud.pki import Issued
 from tests.support.csr import add_null_params, b64, csr_der, ec_key, write_identity
-from agent.identity.csr import strip_ecdsa_null_params
 from tests.support.devcloud import MqttDevice, mqtt_devices_fixture, running_devcloud  # noqa: F401
 
 POLICY = "fleet"

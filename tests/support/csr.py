@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from devcloud.pki import Issued
 from agent.identity.csr import _encode_length
+from devcloud.pki import Issued
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 

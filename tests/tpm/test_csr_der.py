@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.csr import add_null_params, csr_der, ec_key
 from agent.identity.csr import strip_ecdsa_null_params
+from tests.support.csr import add_null_params, csr_der, ec_key
 
 EC_KEY = ec_key()
 RSA_KEY = rsa.generate_private_key(65537, 2048)

@@ -22,10 +22,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from agent.identity.csr import strip_ecdsa_null_params
 from devcloud.app import DevCloudHandle
 from devcloud.issuance import check_csr
 from devcloud.pki import Issued
-from agent.identity.csr import strip_ecdsa_null_params
 from tests.support.devcloud import devcloud_fixture  # noqa: F401
 from tests.support.tpm import (
     AptSource,
