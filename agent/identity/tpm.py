@@ -30,7 +30,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -150,6 +149,8 @@ def probe_key(config: IdentityConfig, cert_chain_path: Path) -> None:
 
 def create_tpm_key(config: IdentityConfig, path: Path, curve: str = "P-384") -> None:
     """Generate an EC key inside the TPM and write its TSS2 blob to ``path``."""
+    import tempfile
+
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         staged = Path(tmp) / "key.pem"
         done = _run(
@@ -174,6 +175,8 @@ def create_tpm_key(config: IdentityConfig, path: Path, curve: str = "P-384") -> 
 
 def tpm_csr_der(config: IdentityConfig, common_name: str) -> bytes:
     """A PKCS#10 CSR (DER, as ``openssl req`` makes it) signed by the TPM key."""
+    import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "req.der"
         done = _run(

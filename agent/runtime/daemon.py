@@ -343,10 +343,9 @@ class Daemon:
         Raises :class:`IdentityPendingError` (the lifecycle waits in IDENTITY_WAIT) while
         no certificate is installed; the CSR is written once per run.
         """
-        from agent.identity.enroll import needs_enrolment
-
         cfg = self.config.identity
-        if not needs_enrolment(cfg):
+        # agent.identity.enroll.needs_enrolment, without importing it (tempfile, shutil).
+        if cfg.registration_id is None or cfg.cert_chain_path.exists():
             self._enrolment = None
             return
         if self._enrolment is None:
