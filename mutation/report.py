@@ -226,9 +226,10 @@ def _natural(name: str) -> tuple[str, int]:
 
 
 def _mutmut_diff(mutant: str, path: str) -> str:
-    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    # mutmut comes with the 'mutation' extra only, so make test's mypy may not see it.
+    from mutmut.mutation.diff_apply import get_diff_for_mutant  # type: ignore[import-not-found,unused-ignore]
 
-    return get_diff_for_mutant(mutant, path=path)
+    return str(get_diff_for_mutant(mutant, path=path))
 
 
 def _git(*args: str) -> str:
