@@ -92,6 +92,24 @@ class IdentityConfig:
     #: The TPM: the tpm2 provider's TCTI and the OpenSSL config that loads the provider.
     tpm_tcti: str = "device:/dev/tpmrm0"
     openssl_conf: Path = Path("/etc/device-agent/openssl-tpm2.cnf")
+    #: ``dps``: the certificate above is the onboarding credential; DPS issues the
+    #: operational one from a CSR (api-version 2025-07-01-preview) for the hub.
+    issuance: Literal["none", "dps"] = "none"
+    #: Where the issued operational chain and its key live (``issuance = "dps"``);
+    #: ``None``: ``operational.pem`` / ``operational.key`` beside the certificate.
+    operational_cert_path: Path | None = None
+    operational_key_path: Path | None = None
+
+    @property
+    def operational_cert(self) -> Path:
+        """The operational chain's path (``issuance = "dps"``)."""
+        return self.operational_cert_path or self.cert_chain_path.with_name("operational.pem")
+
+    @property
+    def operational_key(self) -> Path:
+        """The operational key's path (a TSS2 blob with ``keystore = "tpm"``)."""
+        suffix = "operational.tss2" if self.keystore == "tpm" else "operational.key"
+        return self.operational_key_path or self.cert_chain_path.with_name(suffix)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,6 +299,9 @@ def _identity(t: _Table, base: Path) -> IdentityConfig:
         csr_path=csr_path,
         tpm_tcti=tcti,
         openssl_conf=openssl_conf,
+        issuance=cast(Literal["none", "dps"], t.choice("issuance", ("none", "dps"), "none")),
+        operational_cert_path=t.optional_path("operational_cert_path", base),
+        operational_key_path=t.optional_path("operational_key_path", base),
     )
     if keystore == "tpm" and config.key_passphrase_file is not None:
         raise t.error("key_passphrase_file", "a TPM key has no passphrase file")

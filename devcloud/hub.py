@@ -180,6 +180,7 @@ class HubEndpoint:
         session = HubSession(
             self, device_id, connection, kept if not request.clean_session else None
         )
+        session.thumbprint = thumbprint(request.cert_chain[0])
         self.sessions[device_id] = session
         return CONNACK_ACCEPTED, session
 
@@ -308,6 +309,8 @@ class HubSession:
         self.hub = hub
         self.device_id = device_id
         self.connection = connection
+        #: SHA-256 thumbprint of the certificate the device connected with.
+        self.thumbprint = ""
         #: The granted filters; shared with the hub's memory for clean-session-0 clients.
         self.subscriptions: set[str] = kept if kept is not None else set()
         self.allowed = {c2d_filter(device_id), TWIN_RES_FILTER, DESIRED_FILTER, METHODS_FILTER}

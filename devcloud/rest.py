@@ -34,7 +34,8 @@ Routes::
     GET    /registrations/{regid}                   registration state
     DELETE /registrations/{regid}                   204 (the hub identity stays)
     GET    /devices[?hub=]                          [device, ...]
-    GET    /devices/{id}[?hub=]                     device
+    GET    /devices/{id}[?hub=]                     device (+ the connected certificate's
+                                                    connectionCertificateThumbprint)
     PUT    /devices/{id}?hub=                       {"status"} -> device (creates it if absent)
     PATCH  /devices/{id}[?hub=]                     {"status": "enabled"|"disabled"} -> device
     DELETE /devices/{id}[?hub=]                     204 (closes its live connection)
@@ -440,7 +441,10 @@ class RestApi:
 
     async def _get_device(self, r: Request, m: re.Match[str]) -> Response:
         device = self._device(r, m[1])
-        return Response(200, render_device(device, connected=self._connected(device)))
+        body = render_device(device, connected=self._connected(device))
+        session = self.s.hubs[device.hub].sessions.get(device.device_id)
+        body["connectionCertificateThumbprint"] = session.thumbprint if session else None
+        return Response(200, body)
 
     def _status(self, r: Request) -> bool | None:
         body = r.json() or {}

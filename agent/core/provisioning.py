@@ -130,6 +130,8 @@ class Assigned:
     """The attempt succeeded."""
 
     assignment: Assignment
+    #: The certificate DPS issued for the CSR (base64 DER, leaf first), if one was sent.
+    issued_chain: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,11 @@ class Registration:
         throttle_policy: BackoffPolicy | None = None,
         max_throttled: int = 8,
         fallback_time_utc: str = "",
+        csr: str | None = None,
     ) -> None:
         self.registration_id = registration_id
+        #: Base64 DER CSR sent with the request (certificate issuance), if any.
+        self.csr = csr
         self.payload = dict(payload) if payload is not None else None
         self.response_timeout_s = response_timeout_s
         self.default_poll_s = default_poll_s
@@ -237,7 +242,9 @@ class Registration:
 
     def _send_register(self) -> list[DpsAction]:
         self.phase = Phase.REGISTERING
-        topic, body = wire.format_dps_register(self._rid(), self.registration_id, self.payload)
+        topic, body = wire.format_dps_register(
+            self._rid(), self.registration_id, self.payload, self.csr
+        )
         return [Publish(topic, body, 1), StartTimer(TIMEOUT_TIMER, self.response_timeout_s)]
 
     def _send_poll(self, operation_id: str) -> list[DpsAction]:
@@ -323,8 +330,12 @@ class Registration:
                 substatus=state.substatus,
                 payload=state.payload,
             )
+            if self.csr is not None and not state.issued_chain:
+                return self._fail(
+                    ProtocolError("DPS assigned the device but issued no certificate for the CSR")
+                )
             self.phase = Phase.DONE
-            self.outcome = Assigned(assignment)
+            self.outcome = Assigned(assignment, state.issued_chain)
             return [CancelTimer(RETRY_TIMER), CancelTimer(TIMEOUT_TIMER), self.outcome]
         detail = (state.error_message if state else None) or response.message or ""
         error = ProvisioningError(200, f"registration {status}: {detail}".rstrip(": "))

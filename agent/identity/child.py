@@ -110,6 +110,9 @@ def config_to_json(config: IdentityConfig) -> dict[str, object]:
         "csr_path": str(config.csr_path),
         "tpm_tcti": config.tpm_tcti,
         "openssl_conf": str(config.openssl_conf),
+        "issuance": config.issuance,
+        "operational_cert_path": str(config.operational_cert),
+        "operational_key_path": str(config.operational_key),
     }
 
 
@@ -129,11 +132,31 @@ def config_from_json(doc: Mapping[str, object]) -> IdentityConfig:
         csr_path=Path(str(doc.get("csr_path", defaults.csr_path))),
         tpm_tcti=str(doc.get("tpm_tcti", defaults.tpm_tcti)),
         openssl_conf=Path(str(doc.get("openssl_conf", defaults.openssl_conf))),
+        issuance="dps" if doc.get("issuance") == "dps" else "none",
+        operational_cert_path=_optional_path(doc.get("operational_cert_path")),
+        operational_key_path=_optional_path(doc.get("operational_key_path")),
         cert_chain_path=Path(str(doc["cert_chain_path"])),
         key_path=Path(str(doc["key_path"])),
         key_passphrase_file=None if passphrase_file is None else Path(str(passphrase_file)),
         trust_anchor_paths=tuple(Path(str(p)) for p in anchors),
         registration_id=None if registration_id is None else str(registration_id),
+    )
+
+
+def _optional_path(value: object) -> Path | None:
+    return None if value is None else Path(str(value))
+
+
+def operational_config(config: IdentityConfig) -> IdentityConfig:
+    """The ``[identity]`` of the operational identity: its chain and key, same keystore."""
+    import dataclasses
+
+    return dataclasses.replace(
+        config,
+        cert_chain_path=config.operational_cert,
+        key_path=config.operational_key,
+        key_passphrase_file=None,
+        issuance="none",
     )
 
 

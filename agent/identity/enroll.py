@@ -222,9 +222,28 @@ def describe(config: IdentityConfig, *, now: datetime) -> dict[str, object]:
     return info
 
 
+def operational_csr(config: IdentityConfig, registration_id: str) -> str:
+    """The CSR (base64 DER) for the operational key, made first if there is none."""
+    from agent.identity.child import operational_config
+    from agent.identity.csr import csr_base64
+
+    operational = operational_config(config)
+    create_key(operational)
+    return csr_base64(make_csr(operational, registration_id))
+
+
 def _main(argv: list[str]) -> int:
-    """``python -m agent.identity.enroll CONFIG``: first boot in a child; JSON on stdout."""
+    """``python -m agent.identity.enroll CONFIG``: first boot in a child; JSON on stdout.
+
+    ``--operational-csr REGID CONFIG``: the CSR of the operational key instead.
+    """
+    answer: dict[str, object]
     try:
+        if argv and argv[0] == "--operational-csr":
+            config = load_config(Path(argv[2])).identity
+            answer = {"csr": operational_csr(config, argv[1])}
+            sys.stdout.write(json.dumps(answer))
+            return 0
         config = load_config(Path(argv[0])).identity
         pending = first_boot(config)
         answer = {"pending": pending.message, "path": str(pending.path), "fix": pending.fix}

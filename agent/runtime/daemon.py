@@ -222,6 +222,7 @@ class Daemon:
         except OSError as exc:
             log.error("state directory %s unusable: %s", cfg.state.directory, exc)
         cached = self._adopt(identity) if identity is not None else None
+        cached = self._with_operational(cached) if identity is not None else None
         budget = store.load_budget(
             cfg.lifecycle.reprovision_budget, cfg.lifecycle.reprovision_window_s
         )
@@ -297,6 +298,28 @@ class Daemon:
         )
         return store.load()
 
+    def _with_operational(self, cached: PersistedState | None) -> PersistedState | None:
+        """With DPS issuance: load the operational identity; without one, forget the
+        cached assignment, so the device registers (and DPS issues a certificate)."""
+        if self.config.identity.issuance != "dps":
+            return cached
+        from agent.identity.child import operational_config
+
+        operational = operational_config(self.config.identity)
+        self.actions.operational = None
+        if operational.cert_chain_path.exists():
+            now = datetime.fromtimestamp(self.clock.time(), UTC)
+            try:
+                self.actions.operational = load_in_child(
+                    operational, config_path=self.config.source, now=now
+                )
+            except AgentError as exc:
+                log.warning("the operational certificate cannot be used: %s", exc)
+        if self.actions.operational is None:
+            log.info("no usable operational certificate: registering with DPS for one")
+            return None
+        return cached
+
     def _recheck_identity(self) -> None:
         """IDENTITY_WAIT: load the identity again; feed the outcome to the lifecycle."""
         try:
@@ -309,7 +332,7 @@ class Daemon:
         # A connection made before holds the old key object (a TPM key's handle does not
         # survive the TPM): the next connection builds its TLS context afresh.
         self.actions.close_transport()
-        cached = self._adopt(identity)
+        cached = self._with_operational(self._adopt(identity))
         assert self.store is not None
         log.info("identity usable: registration id %s", identity.registration_id)
         reason = self.store.discard_reason or "identity usable again: no cached assignment"

@@ -41,7 +41,7 @@ from agent.core.methods import Reprovision
 from agent.core.session import HubSession, ReportedContext, SettingsChanged, sensor_infos
 from agent.core.telemetry import Publisher
 from agent.core.twin import Settings, initial_settings
-from agent.errors import TransportError
+from agent.errors import AgentError, TransportError
 from agent.identity.keystore import Identity
 from agent.runtime import endpoint as ev
 from agent.runtime.endpoint import MqttEndpoint, TlsSettings
@@ -124,6 +124,8 @@ class Executor:
         self.machine: lifecycle.Lifecycle | None = None
         self.last_reprovision_reason: str | None = None
         self.provisioned_at: str | None = None
+        #: The operational identity DPS issued (``issuance = "dps"``), for the hub.
+        self.operational: Identity | None = None
 
     @property
     def state(self) -> lifecycle.State:
@@ -299,8 +301,11 @@ class Executor:
     # -- DPS --------------------------------------------------------------------------------------
 
     def tls(self, link: Link, identity: Identity | None = None) -> TlsSettings:
-        """The TLS settings for a connection to ``link`` as ``identity`` (default: ours)."""
-        ident = identity or self.identity
+        """The TLS settings for a connection to ``link`` as ``identity`` (default: ours;
+        for the hub, the operational identity DPS issued, when there is one)."""
+        ident = identity or (
+            self.operational if link is Link.HUB and self.operational else self.identity
+        )
         assert ident is not None
         cfg = self.config
         ca = cfg.dps.server_ca_path if link is Link.DPS else cfg.hub.server_ca_path
@@ -335,6 +340,17 @@ class Executor:
         cfg, ident = self.config, self.identity
         assert ident is not None
         websockets = cfg.dps.transport == "websockets"
+        issuing = cfg.identity.issuance == "dps"
+        csr: str | None = None
+        if issuing:
+            from agent.identity.operational import request_csr
+
+            try:
+                csr = request_csr(cfg, ident.registration_id)
+            except AgentError as exc:
+                log.error("certificate issuance: %s", exc)
+                self.feed(lifecycle.IdentityInvalid(f"certificate issuance: {exc}"))
+                return
         endpoint = MqttEndpoint(
             host=cfg.dps.host,
             port=cfg.dps.ws_port if websockets else cfg.dps.port,
@@ -342,7 +358,7 @@ class Executor:
             username=wire.dps_username(
                 cfg.dps.id_scope,
                 ident.registration_id,
-                api_version=cfg.dps.api_version,
+                api_version=wire.ISSUANCE_API_VERSION if issuing else cfg.dps.api_version,
                 client_version=CLIENT_VERSION,
             ),
             websockets=websockets,
@@ -362,9 +378,26 @@ class Executor:
             response_timeout_s=cfg.lifecycle.connect_timeout_s,
             default_poll_s=min(3.0, max(cfg.lifecycle.backoff_base_s, 0.05)),
             fallback_time_utc=utc_iso(self.clock.time()),
+            csr=csr,
         )
         log.info("registering with DPS at %s:%d", endpoint.host, endpoint.port)
         self._open(Link.DPS, endpoint)
+
+    def _adopt_issued(self, chain: Sequence[str]) -> Identity:
+        """Install the chain DPS issued as the operational certificate and check it."""
+        from agent.identity.child import load_in_child, operational_config
+        from agent.identity.operational import install_chain
+
+        operational = operational_config(self.config.identity)
+        install_chain(operational.cert_chain_path, chain)
+        now = datetime.fromtimestamp(self.clock.time(), UTC)
+        identity = load_in_child(operational, config_path=self.config.source, now=now)
+        log.info(
+            "DPS issued the operational certificate %s..., valid until %s",
+            identity.thumbprint[:16],
+            identity.not_after.isoformat(timespec="seconds"),
+        )
+        return identity
 
     def dps_actions(self, actions: Sequence[provisioning.DpsAction]) -> None:
         """Carry out what the DPS registration answered."""
@@ -376,8 +409,15 @@ class Executor:
                     self._timer_action(action)
                 case provisioning.RegistrationSent():
                     self.feed(lifecycle.RegistrationSent())
-                case provisioning.Assigned(assignment=assignment):
+                case provisioning.Assigned(assignment=assignment, issued_chain=chain):
                     self.registration = None
+                    if chain:
+                        try:
+                            self.operational = self._adopt_issued(chain)
+                        except AgentError as exc:
+                            log.error("the issued certificate cannot be used: %s", exc)
+                            self.feed(lifecycle.ProvisioningFailed(exc, False, None))
+                            continue
                     self.feed(lifecycle.ProvisioningSucceeded(assignment))
                 case provisioning.Failed(error=error, rejected=rejected, retry_after_s=after):
                     self.registration = None

@@ -46,6 +46,7 @@ from agent.core.wire.codec import (
     is_finite_number,
 )
 from agent.core.wire.dps import (
+    ISSUANCE_API_VERSION,
     DpsResponse,
     RegistrationState,
     format_dps_poll,
@@ -85,6 +86,7 @@ __all__ = [
     "DPS_API_VERSION",
     "DPS_RESPONSE_FILTER",
     "HUB_API_VERSION",
+    "ISSUANCE_API_VERSION",
     "MAX_MESSAGE_BYTES",
     "METHODS_FILTER",
     "TWIN_DESIRED_FILTER",

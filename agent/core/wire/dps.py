@@ -21,13 +21,29 @@ from agent.errors import ProtocolError
 
 # --- DPS -------------------------------------------------------------------------------
 
+#: The DPS api-version that knows ``csr`` / ``issuedCertificateChain`` (Azure Device
+#: Registry certificate management, preview; see the README, "Certificate issuance").
+ISSUANCE_API_VERSION = "2025-07-01-preview"
+
 
 def format_dps_register(
-    rid: str, registration_id: str, payload: Mapping[str, object] | None
+    rid: str,
+    registration_id: str,
+    payload: Mapping[str, object] | None,
+    csr: str | None = None,
 ) -> tuple[str, bytes]:
-    """The register request: ``$dps/registrations/PUT/iotdps-register/?$rid=...``."""
+    """The register request: ``$dps/registrations/PUT/iotdps-register/?$rid=...``.
+
+    ``csr``: base64 DER PKCS#10 (CN = the registration id) asking DPS to issue the
+    operational certificate (needs :data:`ISSUANCE_API_VERSION` in the username).
+    """
     topic = f"$dps/registrations/PUT/iotdps-register/?$rid={quote(rid, safe='')}"
-    body = {"registrationId": registration_id, "payload": dict(payload) if payload else None}
+    body: dict[str, object] = {
+        "registrationId": registration_id,
+        "payload": dict(payload) if payload else None,
+    }
+    if csr is not None:
+        body["csr"] = csr
     return topic, encode_json(body)
 
 
@@ -52,6 +68,8 @@ class RegistrationState:
     payload: object = None
     error_code: int | None = None
     error_message: str | None = None
+    #: ``issuedCertificateChain``: base64 DER certificates, leaf first (issuance only).
+    issued_chain: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,7 +123,13 @@ def _registration_state(obj: Mapping[str, object], what: str) -> RegistrationSta
     error_code = obj.get("errorCode")
     if error_code is not None and (isinstance(error_code, bool) or not isinstance(error_code, int)):
         raise ProtocolError(f"{what}: 'errorCode' is not a number")
+    chain = obj.get("issuedCertificateChain")
+    if chain is not None and (
+        not isinstance(chain, list) or not all(isinstance(c, str) and c for c in chain)
+    ):
+        raise ProtocolError(f"{what}: 'issuedCertificateChain' is not a list of strings")
     return RegistrationState(
+        issued_chain=tuple(chain or ()),
         registration_id=_optional_str(obj, "registrationId", what),
         status=_optional_str(obj, "status", what),
         assigned_hub=_optional_str(obj, "assignedHub", what),
