@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from agent.config import AgentConfig, load_config
 from tests.support.agentcloud import Cloud, issue_device, running_cloud, wait_until, write_config
@@ -233,5 +233,39 @@ def test_first_boot_csr_then_certificate_then_telemetry_and_a_tpm_outage(
     wait_until(lambda: status(config).get("state") == "CONNECTED", timeout_s=30, what="reconnected")
     since = cloud.client.last_sequence_number()
     cloud.client.wait_for_telemetry(device_id="tpm-first-boot", since=since, count=1, timeout_s=20)
+    proc.terminate()
+    assert proc.wait(15) == 0
+
+
+def test_dps_issuance_with_tpm_keys(
+    tmp_path: Path,
+    cloud: Cloud,
+    swtpm: SwTpm,
+    tpm2_provider: Provider,
+    agent_run: list[subprocess.Popen[bytes]],
+) -> None:
+    """Onboarding key and operational key both in the TPM: DPS signs the operational
+    key's CSR and the hub connection presents the issued certificate."""
+    regid = "tpm-issued"
+    config = tpm_config(tmp_path, cloud, swtpm, tpm2_provider, regid)
+    text = config.source.read_text().replace("[dps]", 'issuance = "dps"\n\n[dps]', 1)
+    config.source.write_text(text)
+    config = load_config(config.source)
+    identity = config.identity
+    cloud.client.put_credential_policy("fleet", validity_days=30)
+    cloud.client.put_enrollment(regid, credential_policy="fleet")
+    agent(config, "keys", "create", "--tpm")
+    agent(config, "keys", "csr")
+    sign(cloud, identity.csr_path.read_bytes(), identity.cert_chain_path, days=365)
+
+    proc = run_agent(config, agent_run)
+    wait_until(lambda: status(config).get("state") == "CONNECTED", timeout_s=40, what="connected")
+    cloud.client.wait_for_telemetry(device_id=regid, count=1, timeout_s=20)
+    assert identity.operational_key.read_text().startswith("-----BEGIN TSS2 PRIVATE KEY-----")
+    leaf = x509.load_pem_x509_certificates(identity.operational_cert.read_bytes())[0]
+    operational = leaf.fingerprint(hashes.SHA256()).hex().upper()
+    [issued] = cloud.client.issued_certificates(registration_id=regid)
+    assert issued["sha256Thumbprint"] == operational
+    assert cloud.client.get_device(regid)["connectionCertificateThumbprint"] == operational
     proc.terminate()
     assert proc.wait(15) == 0
