@@ -297,7 +297,7 @@ dps_bodies = st.fixed_dictionaries(
 )
 
 
-@FUZZ
+@settings(FUZZ, max_examples=80)
 @given(data=st.data(), seed=st.integers(0, 2**32))
 def test_any_dps_answers_end_one_attempt_cleanly(data: st.DataObject, seed: int) -> None:
     registration = Registration("dev-fuzz", {"model": "m"}, rng=random.Random(seed))

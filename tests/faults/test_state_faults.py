@@ -186,7 +186,7 @@ def test_a_fifo_in_place_of_state_json_is_refused_without_hanging(
             env={**os.environ, "NOTIFY_SOCKET": ""},
         )
     try:
-        cloud.client.wait_for_telemetry(since=since, device_id="dev-state", timeout_s=15)
+        cloud.client.wait_for_telemetry(since=since, device_id="dev-state", timeout_s=6)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:

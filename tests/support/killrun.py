@@ -21,10 +21,17 @@ HAL). One thread drives them all, round-robin, with no sleeps longer than a poll
 
 :meth:`KillRun.report` then reads devcloud's stored telemetry per device. A message is
 identified by ``(sequence, timestamp)`` from its body (sequence numbers restart with
-each process unless a durable buffer keeps them). *Duplicates* are copies beyond the
-first; at-least-once allows them only for messages in flight at a kill, so the bound is
-``kills * max_in_flight``. *Lost* are messages a buffer snapshot held that never
-reached devcloud: with a durable buffer that must be zero.
+each process unless a durable buffer keeps them). *Lost* are messages a buffer snapshot
+held that never reached devcloud: with a durable buffer that must be zero. *Duplicates*
+are copies beyond the first. At-least-once allows two kinds: a message the buffer held
+at a kill whose PUBACK (or its deletion) had not been committed is sent again after the
+restart (``duplicates_from_buffer``); any other duplicate must have been in flight at a
+kill or at a hub outage's drop, so at most ``(kills + outages * devices) *
+max_in_flight`` of them.
+
+With ``hub_proxies`` and ``outage_s=(period, down)`` the hubs (behind fault proxies)
+reset every connection for ``down`` seconds of every ``period``, so kills also land in
+outages, with a backlog in the buffer.
 
 Every loop here is bounded by a count and by a deadline.
 """
@@ -45,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.agentcloud import Cloud, issue_device, write_config
+from tests.support.faultproxy import FaultProxy
 
 Key = tuple[int, str]
 #: Reads a stopped agent's state directory: the buffered messages' keys, or None.
@@ -76,6 +84,8 @@ class Slot:
     kill_plan: tuple[str, float] = ("early", 0.0)
     kills: int = 0
     buffered: set[Key] = field(default_factory=set)
+    #: Messages the buffer held, summed over kills (each may be sent again once).
+    buffered_total: int = 0
     problems: list[str] = field(default_factory=list)
 
     def connected_since(self, since_wall: float) -> bool:
@@ -100,7 +110,10 @@ class KillReport:
     received: int
     distinct: int
     duplicates: int
+    #: Duplicates of messages a buffer snapshot held (sent again after the restart).
+    duplicates_from_buffer: int
     max_in_flight: int
+    outages: int
     buffered_at_kills: int
     lost: int
     lost_examples: tuple[Key, ...]
@@ -109,17 +122,25 @@ class KillReport:
 
     @property
     def duplicate_bound(self) -> int:
-        """At-least-once: only what was in flight at a kill may come twice."""
-        return self.trials * self.max_in_flight
+        """At-least-once, beyond what the buffer held: only what was in flight at a kill
+        or at an outage's drop (on each device) may come twice."""
+        return (self.trials + self.outages * self.devices) * self.max_in_flight
+
+    @property
+    def other_duplicates(self) -> int:
+        """Duplicates the buffer snapshots do not explain."""
+        return self.duplicates - self.duplicates_from_buffer
 
     def summary(self) -> str:
         """One line for a failure message and the README figures."""
         return (
             f"{self.trials} SIGKILLs ({self.kills_early} early, {self.kills_connected} "
             f"connected) over {self.devices} devices in {self.seconds:.0f} s: "
-            f"{self.received} messages received, {self.distinct} distinct, "
-            f"{self.duplicates} duplicates (bound {self.duplicate_bound}); "
-            f"{self.buffered_at_kills} held by the buffer at kills, {self.lost} lost; "
+            f"{self.outages} hub outages; {self.received} messages received, "
+            f"{self.distinct} distinct, {self.duplicates} duplicates "
+            f"({self.duplicates_from_buffer} re-sent from the buffer, {self.other_duplicates} "
+            f"other, bound {self.duplicate_bound}); {self.buffered_at_kills} distinct messages "
+            f"held by the buffer at kills, {self.lost} of them lost; "
             f"{len(self.problems)} problems"
         )
 
@@ -142,6 +163,8 @@ class KillRun:
         connected_s: tuple[float, float] = (0.0, 1.2),
         early_share: float = 0.3,
         pycache: Path | None = None,
+        hub_proxies: tuple[FaultProxy, ...] = (),
+        outage_s: tuple[float, float] | None = None,
     ) -> None:
         self.cloud = cloud
         self.rng = random.Random(seed)
@@ -150,6 +173,11 @@ class KillRun:
         self.snapshot = snapshot
         self.early_s, self.connected_s, self.early_share = early_s, connected_s, early_share
         self.kills_early = self.kills_connected = 0
+        #: (period, down): every ``period`` seconds the hubs refuse for ``down`` seconds.
+        self.hub_proxies = hub_proxies
+        self.outage_s = outage_s
+        self.outages = 0
+        self._hub_down = False
         self.env = {**os.environ, "NOTIFY_SOCKET": ""}
         if pycache is not None:
             # Real process starts, without recompiling every module each time: bytecode
@@ -166,6 +194,7 @@ class KillRun:
                 base / "agent.toml",
                 cloud,
                 device,
+                hub_port=hub_proxies[0].port if hub_proxies else None,
                 state_dir=base / "state",
                 interval_s=interval_s,
                 # Every boot may register again if a kill lands before the state is
@@ -250,6 +279,7 @@ class KillRun:
             held = self.snapshot(slot.state_dir)
             if held is not None:
                 slot.buffered |= held
+                slot.buffered_total += len(held)
 
     # -- the run ------------------------------------------------------------------------
 
@@ -260,6 +290,7 @@ class KillRun:
             now = time.monotonic()
             if self.trials >= trials or now >= deadline:
                 break
+            self._schedule_outage(now)
             for slot in self.slots:
                 if self.trials >= trials:
                     break
@@ -269,8 +300,26 @@ class KillRun:
                     self._kill(slot)
             time.sleep(POLL_S)
 
+    def _schedule_outage(self, now: float) -> None:
+        if self.outage_s is None or not self.hub_proxies:
+            return
+        period_s, down_s = self.outage_s
+        down = (now - self.started) % period_s >= period_s - down_s
+        if down and not self._hub_down:
+            for proxy in self.hub_proxies:
+                proxy.reset()  # drop what is open, refuse (RST) what comes
+            self.outages += 1
+        elif not down and self._hub_down:
+            for proxy in self.hub_proxies:
+                proxy.forward()
+        self._hub_down = down
+
     def finish(self, *, drain_timeout_s: float = 60.0) -> None:
         """Run every device once more until devcloud has every buffered message; SIGTERM."""
+        if self._hub_down:
+            for proxy in self.hub_proxies:
+                proxy.forward()
+            self._hub_down = False
         for slot in self.slots:
             if slot.proc is None:
                 self._spawn(slot)
@@ -328,7 +377,7 @@ class KillRun:
 
     def report(self) -> KillReport:
         """Audit devcloud's stored telemetry against the kills."""
-        received = distinct = buffered = 0
+        received = distinct = buffered = from_buffer = 0
         lost: list[Key] = []
         for slot in self.slots:
             counts = Counter(self._keys(slot.device_id))
@@ -336,6 +385,7 @@ class KillRun:
             distinct += len(counts)
             buffered += len(slot.buffered)
             lost += sorted(slot.buffered - set(counts))
+            from_buffer += sum(n - 1 for key, n in counts.items() if key in slot.buffered)
         return KillReport(
             trials=self.trials,
             kills_early=self.kills_early,
@@ -344,7 +394,9 @@ class KillRun:
             received=received,
             distinct=distinct,
             duplicates=received - distinct,
+            duplicates_from_buffer=from_buffer,
             max_in_flight=self.max_in_flight,
+            outages=self.outages,
             buffered_at_kills=buffered,
             lost=len(lost),
             lost_examples=tuple(lost[:5]),
