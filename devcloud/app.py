@@ -115,6 +115,7 @@ class DevCloud:
             id_scope=cfg.id_scope,
             assignment_delay_s=cfg.assignment_delay_s,
             registrations_per_second=cfg.registrations_per_second,
+            throttle_reserves_slots=cfg.throttle_reserves_slots,
             is_revoked=self.pki.is_revoked,
             issuer=self.issuer,
         )
@@ -147,7 +148,9 @@ class DevCloud:
             for spec in cfg.hubs:
                 tls = ServerTLS(self.pki, self.registry, spec.name, spec.host, spec.hostname)
                 self.tls[spec.name] = tls
-                server = MQTTServer(self.hubs[spec.name], tls, name=spec.name)
+                server = MQTTServer(
+                    self.hubs[spec.name], tls, name=spec.name, puback_delay_s=cfg.hub_puback_delay_s
+                )
                 self._servers.append(server)
                 self.hub_servers[spec.name] = server
                 await server.start(spec.host, spec.port, spec.ws_port)
@@ -230,6 +233,7 @@ class DevCloud:
             "wsPort": self.dps_ws_address[1] if self.dps_ws_address else None,
             "assignmentDelaySeconds": self.config.assignment_delay_s,
             "registrationsPerSecond": self.config.registrations_per_second,
+            "throttleReservesSlots": self.config.throttle_reserves_slots,
         }
 
     @staticmethod

@@ -6,7 +6,9 @@ Example ``devcloud.toml`` (every key optional)::
     id_scope = "0ne00000DEV"
     database = ".devcloud/devcloud.db"     # omit for in-memory state
     registrations_per_second = 10
+    throttle_reserves_slots = false        # true: a 429's retry-after books a slot
     assignment_delay_s = 0.2
+    hub_puback_delay_s = 0.0               # hold each PUBACK (a simulated round trip)
     default_group = true
 
     [dps]
@@ -83,7 +85,12 @@ class DevCloudConfig:
     #: SQLite file for state that survives a restart; None keeps state in memory.
     database: Path | None = None
     registrations_per_second: float | None = None
+    #: Throttled register requests get a retry-after that reserves the next free slot
+    #: (so a device that honours it is admitted then) instead of a fixed one.
+    throttle_reserves_slots: bool = False
     assignment_delay_s: float = 0.2
+    #: Hubs hold each PUBACK this long (a simulated round trip, for benchmarks).
+    hub_puback_delay_s: float = 0.0
     #: Create an enrollment group "default" on the devcloud intermediate CA, hashed over
     #: all hubs, unless one named "default" exists.
     default_group: bool = True
@@ -115,6 +122,8 @@ class DevCloudConfig:
             raise ConfigError(source, "registrations_per_second", "must be positive")
         if self.assignment_delay_s < 0:
             raise ConfigError(source, "assignment_delay_s", "must not be negative")
+        if not 0 <= self.hub_puback_delay_s <= 60:
+            raise ConfigError(source, "hub_puback_delay_s", "must be between 0 and 60")
         if not self.id_scope:
             raise ConfigError(source, "id_scope", "must not be empty")
         return self
@@ -141,6 +150,7 @@ def load_config(path: Path, **overrides: Any) -> DevCloudConfig:
     known = {
         "state_dir", "id_scope", "database", "registrations_per_second",
         "assignment_delay_s", "default_group", "dps", "rest", "hubs",
+        "throttle_reserves_slots", "hub_puback_delay_s",
     }  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:
@@ -162,6 +172,12 @@ def load_config(path: Path, **overrides: Any) -> DevCloudConfig:
         )
     if "default_group" in data:
         fields["default_group"] = _get(data, "default_group", bool, path, "")
+    if "throttle_reserves_slots" in data:
+        fields["throttle_reserves_slots"] = _get(data, "throttle_reserves_slots", bool, path, "")
+    if "hub_puback_delay_s" in data:
+        fields["hub_puback_delay_s"] = float(
+            _get(data, "hub_puback_delay_s", (int, float), path, "")
+        )
     for section, prefix in (("dps", "dps_"), ("rest", "rest_")):
         table = data.get(section, {})
         if not isinstance(table, dict):

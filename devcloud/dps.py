@@ -80,19 +80,42 @@ MAX_OPERATIONS = 10_000
 
 
 class RateLimiter:
-    """A token bucket: ``rate_per_s`` registrations a second, bursts up to ``max(1, rate)``."""
+    """``rate_per_s`` registrations a second, bursts up to ``max(1, rate)``.
 
-    def __init__(self, rate_per_s: float | None, clock: Callable[[], float] = time.monotonic):
+    By default a token bucket: a refused request is told to retry after the whole seconds
+    until the next token, so every device refused in the same instant hears the same
+    time. With ``reserve_slots`` a refused request (keyed by registration id) books the
+    next free slot of the schedule instead, and its retry-after points at that slot: a
+    device that honours it is admitted when it comes back, one that comes back early is
+    refused again with the time left, so a fleet that honours retry-after sends at most
+    two register requests per device.
+    """
+
+    #: A booked slot is forgotten this long after its time (the device never came back).
+    SLOT_EXPIRY_S = 120.0
+
+    def __init__(
+        self,
+        rate_per_s: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        reserve_slots: bool = False,
+    ):
         self.rate_per_s = rate_per_s
         self._clock = clock
         self._capacity = max(1.0, rate_per_s or 1.0)
         self._tokens = self._capacity
         self._stamp = clock()
+        self.reserve_slots = reserve_slots
+        self._next_slot = self._stamp  # the schedule's next free slot (reserve_slots)
+        self._booked: OrderedDict[str, float] = OrderedDict()
 
-    def acquire(self) -> int | None:
+    def acquire(self, key: str = "") -> int | None:
         """Take a token: None if allowed, else the whole seconds to wait (at least 1)."""
         if self.rate_per_s is None:
             return None
+        if self.reserve_slots:
+            return self._acquire_slot(key, self.rate_per_s)
         now = self._clock()
         self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self.rate_per_s)
         self._stamp = now
@@ -100,6 +123,24 @@ class RateLimiter:
             self._tokens -= 1.0
             return None
         return max(1, math.ceil((1.0 - self._tokens) / self.rate_per_s))
+
+    def _acquire_slot(self, key: str, rate_per_s: float) -> int | None:
+        now = self._clock()
+        while self._booked and next(iter(self._booked.values())) < now - self.SLOT_EXPIRY_S:
+            self._booked.popitem(last=False)
+        booked = self._booked.get(key)
+        if booked is not None:
+            if now >= booked - 0.05:
+                del self._booked[key]
+                return None
+            return max(1, math.ceil(booked - now))
+        # The schedule may lag ``now`` by the burst allowance, never more.
+        slot = max(self._next_slot, now - (self._capacity - 1.0) / rate_per_s)
+        self._next_slot = slot + 1.0 / rate_per_s
+        if slot <= now:
+            return None
+        self._booked[key] = slot
+        return max(1, math.ceil(slot - now))
 
 
 @dataclass(frozen=True)
@@ -139,6 +180,7 @@ class Provisioner:
         id_scope: str,
         assignment_delay_s: float = 0.2,
         registrations_per_second: float | None = None,
+        throttle_reserves_slots: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         is_revoked: RevocationCheck | None = None,
@@ -150,7 +192,9 @@ class Provisioner:
         self.assigner = assigner
         self.id_scope = id_scope
         self.assignment_delay_s = assignment_delay_s
-        self.limiter = RateLimiter(registrations_per_second, monotonic)
+        self.limiter = RateLimiter(
+            registrations_per_second, monotonic, reserve_slots=throttle_reserves_slots
+        )
         self._rng = rng if rng is not None else random.Random()
         self._operations: OrderedDict[str, Operation] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -179,7 +223,7 @@ class Provisioner:
             raise InvalidRequestError(
                 "registrationId in the body differs from the connection's registration id"
             )
-        wait_s = self.limiter.acquire()
+        wait_s = self.limiter.acquire(registration_id)
         if wait_s is not None:
             raise ThrottledError("registrations are being throttled", retry_after_s=wait_s)
         if chain and self.is_revoked is not None and self.is_revoked(chain[0]):

@@ -30,7 +30,8 @@ QoS 1 messages are sent again with DUP set.
 Keep-alive: with a non-zero keep-alive, 1.5 times that long without a complete packet
 closes the connection. SUBSCRIBE asks :meth:`DeviceSession.on_subscribe` per filter
 (requested QoS capped at 1, as IoT Hub does); device PUBLISH goes to
-:meth:`DeviceSession.on_publish`, and QoS 1 is acknowledged only after it returned.
+:meth:`DeviceSession.on_publish`, and QoS 1 is acknowledged only after it returned
+(and, with ``puback_delay_s``, that much later: a simulated network round trip).
 :class:`~devcloud.mqtt.endpoint.ProtocolViolation` from a session, a malformed or
 oversize packet, a second CONNECT, or a packet only a server may send closes the
 connection; any other exception from service code is logged and closes it too.
@@ -464,7 +465,15 @@ class MQTTConnection(asyncio.Protocol):
             self.close("service error in on_publish")
             return
         if packet.packet_id is not None and self._phase is _Phase.CONNECTED:
-            self._send(PubAck(packet.packet_id))
+            delay_s = self._server.puback_delay_s
+            if delay_s > 0:
+                self._loop.call_later(delay_s, self._send_puback, packet.packet_id)
+            else:
+                self._send(PubAck(packet.packet_id))
+
+    def _send_puback(self, packet_id: int) -> None:
+        if self._phase is _Phase.CONNECTED:
+            self._send(PubAck(packet_id))
 
     def _on_subscribe(self, packet: Subscribe) -> None:
         assert self._device_session is not None
@@ -547,8 +556,12 @@ class MQTTServer:
         handshake_timeout_s: float = 10.0,
         max_write_buffer: int = 8 * 1024 * 1024,
         ws_path: str = IOT_HUB_WEBSOCKET_PATH,
+        puback_delay_s: float = 0.0,
     ) -> None:
         self.endpoint = endpoint
+        #: Hold each PUBACK this long after the PUBLISH was handled (a simulated round
+        #: trip; pipelined, so it bounds latency, not throughput). May be changed live.
+        self.puback_delay_s = puback_delay_s
         self.tls = tls
         self.max_packet_size = max_packet_size
         self.name = name or "mqtt"

@@ -732,3 +732,25 @@ def test_operator_disabled_device_stays_disabled_and_deleted_one_comes_back(pki:
         assert dps.registry.get_device(hub, rid).enabled
 
     asyncio.run(scenario())
+
+
+def test_reserving_throttle_books_one_slot_per_refused_device() -> None:
+    now = [100.0]
+    limiter = RateLimiter(2.0, clock=lambda: now[0], reserve_slots=True)
+    now[0] += 10  # idle long enough for a full burst
+    assert [limiter.acquire(f"d{n}") for n in range(2)] == [None, None]
+    # The rest of the fleet arriving at once: each books the next slot, 0.5 s apart.
+    waits = [limiter.acquire(f"d{n}") for n in range(2, 8)]
+    assert waits == [1, 1, 2, 2, 3, 3]
+    # Back too early: refused again with the time left, the slot kept.
+    now[0] += 0.2
+    assert limiter.acquire("d7") == 3
+    # Back when told: admitted, whatever others do meanwhile.
+    now[0] += 0.8
+    assert limiter.acquire("d2") is None
+    assert limiter.acquire("newcomer") == 3  # behind the booked ones
+    now[0] += 2.0
+    assert [limiter.acquire(f"d{n}") for n in range(3, 8)] == [None] * 5
+    # Slots of devices that never came back are forgotten in time.
+    now[0] += RateLimiter.SLOT_EXPIRY_S + 10
+    assert limiter.acquire("newcomer") is None

@@ -329,6 +329,28 @@ def test_device_puback_is_sent_only_after_on_publish(
     assert session.published == [("allowed", b"x", 1), ("allowed", b"y", 0)]
 
 
+def test_puback_delay_holds_each_acknowledgement_but_pipelines_them(
+    tls: ServerTLS, endpoint: RecordingEndpoint, ca: Path, device: Issued
+) -> None:
+    import time
+
+    with (
+        ServerThread(endpoint, tls, name="slow", puback_delay_s=0.3) as slow,
+        RawClient(slow.address, ca, device) as raw,
+    ):
+        assert raw.connect("delayed") == ConnAck(False, 0)
+        sent = time.monotonic()
+        for packet_id in (1, 2, 3):
+            raw.send(Publish("allowed", b"x", 1, packet_id=packet_id))
+        acks = [raw.receive() for _ in range(3)]
+        elapsed = time.monotonic() - sent
+        assert acks == [PubAck(1), PubAck(2), PubAck(3)]
+        # Each one held the delay; all three together not three times it.
+        assert elapsed >= 0.3
+        assert elapsed < 0.9
+        assert len(endpoint.session("delayed").published) == 3
+
+
 def test_unacknowledged_qos1_stays_pending(
     server: ServerThread, endpoint: RecordingEndpoint, ca: Path, device: Issued
 ) -> None:
