@@ -23,7 +23,7 @@ SYSTEM_PACKAGES += swtpm swtpm-tools tpm2-tools
 SYSTEM_PACKAGES += libfaketime
 APT := apt-get -o DPkg::Lock::Timeout=300 -y -q
 
-.PHONY: all demo test lint typecheck pytest sysdeps venv clean deb mutation
+.PHONY: all demo test lint typecheck pytest sysdeps venv clean deb mutation bench
 
 all: test
 
@@ -79,6 +79,17 @@ demo: venv
 # The Debian package for this machine's architecture, in dist/ (deploy/deb/build_deb.py).
 deb: venv
 	$(PY) deploy/deb/build_deb.py --out dist $(DEB_ARGS)
+
+# The full side-by-side benchmark (about an hour on 2 cores: the idle window alone is
+# 10 minutes): bench/results.json, bench/RESULTS.md, bench/latency.png; prints the table.
+# BENCH_ARGS passes options to bench/run.py (e.g. BENCH_ARGS="--idle-s 120").
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	@$(PY) -m pip install -q -e '.[dev,bench]' > $(VENV)/install-bench.log 2>&1 \
+	    || { cat $(VENV)/install-bench.log; exit 1; }
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) bench/run.py --out bench/results.json --report-dir bench --markdown $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache mutants

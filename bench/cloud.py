@@ -245,6 +245,7 @@ def bench_cloud(
     state_dir: Path,
     *,
     registrations_per_second: float | None = None,
+    throttle_reserves_slots: bool = False,
     assignment_delay_s: float = 0.05,
     rng: random.Random | None = None,
 ) -> Iterator[BenchCloud]:
@@ -260,6 +261,7 @@ def bench_cloud(
         rest_port=0,
         assignment_delay_s=assignment_delay_s,
         registrations_per_second=registrations_per_second,
+        throttle_reserves_slots=throttle_reserves_slots,
     )
     with DevCloudThread(config) as handle:
         yield BenchCloud(handle, config.dps_host, hub_hosts, state_dir)

@@ -7,9 +7,15 @@ A :class:`Launcher` knows how to start one kind of device program for a
 
 * :class:`AgentLauncher` writes an agent TOML (devcloud's addresses, the mock HAL, the
   benchmark's interval; every lifecycle setting left at its default) and runs
-  ``python -m agent --config F run`` with the project's interpreter;
+  ``python -m agent --config F run`` with the interpreter it is given: the installed,
+  compiled copy of :func:`bench.venvs.agent_venv` in a measuring run, the project's own
+  (editable) one in a smoke run;
 * :class:`SDKLauncher` runs ``bench/sdk_device.py`` with the reference venv's
-  interpreter (``azure-iot-device`` 2.14.0).
+  interpreter (``azure-iot-device`` 2.14.0), the HAL from ``hal_root``.
+
+Both run in the device's folder, never in the project folder, so that ``python -m``
+cannot pick the source tree up ahead of the installed package. :class:`Overrides`
+changes a start's interval or queue bound (the backlog and CPU benchmarks).
 
 Each program's state lives in the spec's folder (the agent's state directory, the SDK's
 state file), so a second start is a warm boot and :meth:`Launcher.wipe_state` makes the
@@ -21,9 +27,9 @@ then SIGKILL). Output goes to a log file per device, never to a pipe that could 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +43,8 @@ from devcloud.pki import Issued
 ROOT = Path(__file__).resolve().parent.parent
 SDK_SCRIPT = Path(__file__).resolve().parent / "sdk_device.py"
 STOP_TIMEOUT_S = 15.0
+#: azure-iot-device 2.14's provisioning polling interval (it waits this before a poll).
+SDK_POLLING_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,50 @@ def proc_status(pid: int) -> ProcStatus:
 
 
 @dataclass(frozen=True)
+class CpuStatus:
+    """CPU time and context switches of a process, summed over its threads."""
+
+    cpu_s: float
+    context_switches: int
+    threads: int
+
+
+def cpu_status(pid: int) -> CpuStatus:
+    """utime+stime from ``/proc/PID/stat``; voluntary+nonvoluntary switches of every task.
+
+    A thread that sleeps and is woken makes one voluntary context switch when it blocks
+    again, so the sum over all tasks counts the process's wakeups (plus preemptions,
+    the nonvoluntary ones). Threads that ended meanwhile are not counted.
+    """
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu_s = (int(fields[11]) + int(fields[12])) / ticks
+    switches = 0
+    tasks = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        tasks += 1
+        for line in text.splitlines():
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                switches += int(line.split()[1])
+    return CpuStatus(cpu_s, switches, tasks)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Changes to one start's settings (None: the benchmark's own)."""
+
+    interval_s: float | None = None
+    queue_max_messages: int | None = None
+    #: The SDK program takes its interval from the twin, as the agent always does.
+    follow_twin_interval: bool = False
+
+
+@dataclass(frozen=True)
 class DeviceSpec:
     """One simulated device: its identity and its folder (state and logs)."""
 
@@ -78,7 +130,7 @@ class DeviceSpec:
 class DeviceProcess:
     """A running device program."""
 
-    def __init__(self, kind: str, argv: Sequence[str], log_path: Path) -> None:
+    def __init__(self, kind: str, argv: Sequence[str], log_path: Path, cwd: Path) -> None:
         self.kind = kind
         self.log_path = log_path
         self._log: IO[str] = log_path.open("a")
@@ -91,7 +143,7 @@ class DeviceProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=cwd,
         )
 
     @property
@@ -101,9 +153,17 @@ class DeviceProcess:
 
     def status(self) -> ProcStatus:
         """Its RSS and thread count now."""
+        self._check_running()
+        return proc_status(self.pid)
+
+    def cpu(self) -> CpuStatus:
+        """Its CPU time and context switches so far."""
+        self._check_running()
+        return cpu_status(self.pid)
+
+    def _check_running(self) -> None:
         if self.process.poll() is not None:
             raise RuntimeError(f"{self.kind} exited with {self.process.returncode}: {self.tail()}")
-        return proc_status(self.pid)
 
     def terminate(self) -> None:
         """Send SIGTERM once (if still running): a second one is not a polite request."""
@@ -134,8 +194,12 @@ class Launcher(Protocol):
 
     kind: str
 
-    def start(self, spec: DeviceSpec) -> DeviceProcess:
+    def start(self, spec: DeviceSpec, overrides: Overrides = ...) -> DeviceProcess:
         """Start the program for ``spec`` (cold or warm, as its folder says)."""
+        ...
+
+    def dps_poll_wait_s(self, retry_after_s: float) -> float:
+        """How long the program waits after a 202 before it polls (DPS-imposed)."""
         ...
 
     def wipe_state(self, spec: DeviceSpec) -> None:
@@ -148,17 +212,24 @@ class AgentLauncher:
 
     kind = "agent"
 
-    def __init__(self, cloud: BenchCloud, settings: BenchSettings) -> None:
+    def __init__(self, cloud: BenchCloud, settings: BenchSettings, python: Path) -> None:
         self.cloud = cloud
         self.settings = settings
+        self.python = python
+
+    def dps_poll_wait_s(self, retry_after_s: float) -> float:
+        """The agent polls when the 202's retry-after says."""
+        return retry_after_s
 
     def config_path(self, spec: DeviceSpec) -> Path:
         """Where the device's agent TOML is written."""
         return spec.folder / "agent.toml"
 
-    def write_config(self, spec: DeviceSpec) -> Path:
+    def write_config(self, spec: DeviceSpec, overrides: Overrides = Overrides()) -> Path:
         """The agent configuration for ``spec`` (lifecycle timings at their defaults)."""
         ca = self.cloud.ca_path
+        interval_s = overrides.interval_s or self.settings.interval_s
+        queue_max = overrides.queue_max_messages or 1000
         sensors = ", ".join(_sensor_table(text) for text in self.settings.sensors)
         path = self.config_path(spec)
         path.write_text(
@@ -180,7 +251,8 @@ port = 8883
 server_ca_path = "{ca}"
 
 [telemetry]
-interval_s = {self.settings.interval_s}
+interval_s = {interval_s}
+queue_max_messages = {queue_max}
 
 [state]
 directory = "{spec.folder / "agent-state"}"
@@ -196,12 +268,12 @@ level = "INFO"
         )
         return path
 
-    def start(self, spec: DeviceSpec) -> DeviceProcess:
+    def start(self, spec: DeviceSpec, overrides: Overrides = Overrides()) -> DeviceProcess:
         """Start ``device-agent run``."""
         spec.folder.mkdir(parents=True, exist_ok=True)
-        config = self.write_config(spec)
-        argv = [sys.executable, "-m", "agent", "--config", str(config), "run"]
-        return DeviceProcess(self.kind, argv, spec.folder / "agent.log")
+        config = self.write_config(spec, overrides)
+        argv = [str(self.python), "-m", "agent", "--config", str(config), "run"]
+        return DeviceProcess(self.kind, argv, spec.folder / "agent.log", spec.folder)
 
     def wipe_state(self, spec: DeviceSpec) -> None:
         """Remove the agent's state directory."""
@@ -213,14 +285,23 @@ class SDKLauncher:
 
     kind = "sdk"
 
-    def __init__(self, cloud: BenchCloud, settings: BenchSettings, python: Path) -> None:
+    def __init__(
+        self, cloud: BenchCloud, settings: BenchSettings, python: Path, hal_root: Path = ROOT
+    ) -> None:
         self.cloud = cloud
         self.settings = settings
         self.python = python
+        self.hal_root = hal_root
 
-    def start(self, spec: DeviceSpec) -> DeviceProcess:
+    def dps_poll_wait_s(self, retry_after_s: float) -> float:
+        """SDK 2.14 polls after a fixed 2 s (its default polling interval), or later."""
+        return max(SDK_POLLING_INTERVAL_S, retry_after_s)
+
+    def start(self, spec: DeviceSpec, overrides: Overrides = Overrides()) -> DeviceProcess:
         """Start the SDK device program."""
         spec.folder.mkdir(parents=True, exist_ok=True)
+        interval_s = overrides.interval_s or self.settings.interval_s
+        queue_max = overrides.queue_max_messages or 1000
         argv = [
             str(self.python),
             str(SDK_SCRIPT),
@@ -239,15 +320,19 @@ class SDKLauncher:
             "--state-file",
             str(spec.folder / "sdk-state.json"),
             "--interval-s",
-            str(self.settings.interval_s),
+            str(interval_s),
+            "--queue-max-messages",
+            str(queue_max),
             "--connection-retry-interval",
             str(self.settings.sdk_connection_retry_interval_s),
             "--project-root",
-            str(ROOT),
+            str(self.hal_root),
         ]
         for sensor in self.settings.sensors:
             argv += ["--sensor", sensor]
-        return DeviceProcess(self.kind, argv, spec.folder / "sdk.log")
+        if overrides.follow_twin_interval:
+            argv.append("--follow-twin-interval")
+        return DeviceProcess(self.kind, argv, spec.folder / "sdk.log", spec.folder)
 
     def wipe_state(self, spec: DeviceSpec) -> None:
         """Remove the SDK program's state file."""
@@ -261,12 +346,14 @@ def _sensor_table(text: str) -> str:
 
 
 @contextlib.contextmanager
-def running(launcher: Launcher, specs: Sequence[DeviceSpec]) -> Iterator[list[DeviceProcess]]:
+def running(
+    launcher: Launcher, specs: Sequence[DeviceSpec], overrides: Overrides = Overrides()
+) -> Iterator[list[DeviceProcess]]:
     """Start every spec at once; on exit SIGTERM them all, then wait for each."""
     processes: list[DeviceProcess] = []
     try:
         for spec in specs:
-            processes.append(launcher.start(spec))
+            processes.append(launcher.start(spec, overrides))
         yield processes
     finally:
         stop_all(processes)

@@ -120,7 +120,7 @@ def measure(messages: int) -> dict[str, Any]:
         with bench_cloud(folder / "devcloud") as cloud:
             spec = DeviceSpec("memory-1", cloud.handle.pki.issue_device("memory-1"), folder / "d")
             spec.folder.mkdir()
-            config = AgentLauncher(cloud, FULL).write_config(spec)
+            config = AgentLauncher(cloud, FULL, Path(sys.executable)).write_config(spec)
             notes_path = folder / "notes.json"
             since = cloud.client.last_sequence_number()
             argv = [sys.executable, "-c", WRAPPER, str(notes_path), "--config", str(config), "run"]

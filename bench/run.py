@@ -3,24 +3,36 @@
 Usage::
 
     python bench/run.py [--quick] [--out bench/results.json] [--markdown]
-                        [--only boot,backlog,storm] [--clients agent,sdk] [--workdir DIR]
+                        [--only floor,boot,idle,cpu,backlog,drain,storm]
+                        [--clients agent,sdk] [--workdir DIR] [--report-dir DIR]
+                        [--agent-interpreter installed|project]
+                        [--idle-s S] [--fleet-size N] [--repetitions N]
 
-Runs every benchmark of :mod:`bench.scenarios` for each client (the agent, and the SDK
-program ``bench/sdk_device.py``), alternating the clients run by run, writes the raw
-results plus a summary (medians, agent/SDK ratios, the agent's RSS/threads budget) as
-JSON, and with ``--markdown`` prints the table. Progress goes to stderr. Every process
+Runs the floor (:mod:`bench.floor`), the boot cycles, backlog and storm of
+:mod:`bench.scenarios` and the steady-state benchmarks of :mod:`bench.steady` for each
+client (the agent, and the SDK program ``bench/sdk_device.py``), alternating the clients
+run by run, writes the raw results plus a summary (medians, agent/SDK ratios, every goal
+measured against its target, the agent's RSS/threads budget) as JSON, with
+``--report-dir`` also the Markdown table and a PNG chart of the latency distributions,
+and with ``--markdown`` prints the table. Progress goes to stderr. Every process
 started here is stopped before the command exits, also on Ctrl-C or a failure.
+
+A full run measures the agent installed non-editable in a cached venv with compiled
+bytecode (:mod:`bench.venvs`), as a device has it; the SDK's venv is pip-installed and
+compiled too. The results record the bytecode coverage of both.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import platform
 import random
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -34,13 +46,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import report  # noqa: E402
+from bench import chart as chart_module  # noqa: E402
+from bench import report, venvs  # noqa: E402
 from bench.cloud import BenchCloud, bench_cloud  # noqa: E402
 from bench.devices import AgentLauncher, Launcher, SDKLauncher  # noqa: E402
+from bench.floor import floor  # noqa: E402
 from bench.scenarios import backlog_drain, boot_cycle, make_spec, reboot_storm  # noqa: E402
 from bench.settings import FULL, QUICK, BenchSettings  # noqa: E402
+from bench.steady import cpu_per_messages, idle, large_backlog  # noqa: E402
 
-SECTIONS = ("boot", "backlog", "storm")
+SECTIONS = ("floor", "boot", "idle", "cpu", "backlog", "drain", "storm")
 SDK_VERSION = "2.14.0"
 Progress = Callable[[str], None]
 
@@ -70,6 +85,14 @@ def machine_description() -> str:
     )
 
 
+def load_average() -> str:
+    """The 1/5/15-minute load averages (the machine may be shared)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def code_version(root: Path = ROOT) -> str:
     """The commit the benchmarked code comes from (``-dirty``: with uncommitted changes)."""
     try:
@@ -92,16 +115,60 @@ def code_version(root: Path = ROOT) -> str:
     return f"{commit}-dirty" if changes else commit
 
 
+@dataclasses.dataclass(frozen=True)
+class Interpreters:
+    """Which Python runs each client, and how the HAL reaches the SDK program."""
+
+    agent: Path
+    agent_kind: str  # "installed" (non-editable, compiled) or "project" (editable)
+    sdk: Path | None
+    hal_root: Path
+
+
+def interpreters(kind: str, clients: Sequence[str], progress: Progress) -> Interpreters:
+    """The agent's interpreter (installed copy or the project's) and the SDK's venv."""
+    sdk_python: Path | None = None
+    if "sdk" in clients:
+        from tests.support.refsdk import ensure_venv
+
+        progress("reference SDK venv (built once, then cached)")
+        sdk_python = ensure_venv()
+    if kind == "installed":
+        progress("agent installed non-editable into the bench venv (cached per source hash)")
+        agent = venvs.agent_venv()
+        return Interpreters(agent, kind, sdk_python, venvs.hal_root(agent))
+    return Interpreters(Path(sys.executable), kind, sdk_python, ROOT)
+
+
 def _launchers(
-    cloud: BenchCloud, settings: BenchSettings, clients: Sequence[str], sdk_python: Path | None
+    cloud: BenchCloud, settings: BenchSettings, clients: Sequence[str], python: Interpreters
 ) -> list[Launcher]:
     launchers: list[Launcher] = []
     for client in clients:
         if client == "agent":
-            launchers.append(AgentLauncher(cloud, settings))
-        elif sdk_python is not None:
-            launchers.append(SDKLauncher(cloud, settings, sdk_python))
+            launchers.append(AgentLauncher(cloud, settings, python.agent))
+        elif python.sdk is not None:
+            launchers.append(SDKLauncher(cloud, settings, python.sdk, python.hal_root))
     return launchers
+
+
+def _bytecode(python: Interpreters) -> dict[str, Any]:
+    coverage: dict[str, Any] = {
+        "agent": {
+            "interpreter": python.agent_kind,
+            **venvs.bytecode_coverage(
+                python.agent,
+                venvs.AGENT_MODULES,
+                None if python.agent_kind == "installed" else ROOT,
+            ),
+        }
+    }
+    if python.sdk is not None:
+        coverage["sdk"] = {
+            "interpreter": "reference venv (pip-installed)",
+            **venvs.bytecode_coverage(python.sdk, venvs.SDK_MODULES, python.hal_root),
+        }
+    return coverage
 
 
 def run_benchmarks(
@@ -110,40 +177,63 @@ def run_benchmarks(
     *,
     sections: Sequence[str] = SECTIONS,
     clients: Sequence[str] = report.CLIENTS,
+    interpreter: str = "installed",
     progress: Progress = _stderr,
 ) -> dict[str, Any]:
     """Run the chosen benchmarks for the chosen clients; return the results document."""
     started = time.monotonic()
-    sdk_python: Path | None = None
-    if "sdk" in clients:
-        from tests.support.refsdk import ensure_venv
-
-        progress("reference SDK venv (built once, then cached)")
-        sdk_python = ensure_venv()
+    python = interpreters(interpreter, clients, progress)
     results: dict[str, Any] = {
         "meta": {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine_description(),
             "python": platform.python_version(),
+            "openssl": ssl.OPENSSL_VERSION,
             "sdk_version": SDK_VERSION,
             "code": code_version(),
+            "bytecode": _bytecode(python),
+            "load_average_start": load_average(),
+            "niceness": os.nice(0),
         },
         "settings": settings.as_json(),
     }
     rng = random.Random()
-    if "boot" in sections or "backlog" in sections:
+    devices = workdir / "devices"
+    main_sections = {"floor", "boot", "idle", "cpu", "backlog", "drain"}
+    if main_sections & set(sections):
         with bench_cloud(workdir / "devcloud-main", rng=rng) as cloud:
-            launchers = _launchers(cloud, settings, clients, sdk_python)
+            launchers = _launchers(cloud, settings, clients, python)
+            if "floor" in sections:
+                progress(f"floor: {settings.floor_repetitions} runs of 1 and 2 connections")
+                floors = floor(cloud, python.agent, workdir / "floor", settings)
+                results["floor"] = {str(n): f.as_json() for n, f in floors.items()}
             if "boot" in sections:
                 boot: dict[str, list[dict[str, Any]]] = {lc.kind: [] for lc in launchers}
                 for rep in range(settings.repetitions):
                     for launcher in launchers:
                         name = f"boot-{launcher.kind}-{rep}"
                         progress(f"boot cycle {rep + 1}/{settings.repetitions}: {launcher.kind}")
-                        spec = make_spec(cloud, workdir / "devices", name)
+                        spec = make_spec(cloud, devices, name)
                         cycle = boot_cycle(cloud, launcher, spec, settings)
                         boot[launcher.kind].append(cycle.as_json())
                 results["boot"] = boot
+            if "idle" in sections:
+                progress(
+                    f"idle: {', '.join(lc.kind for lc in launchers)} side by side for"
+                    f" {settings.idle_s:g} s at a {settings.idle_interval_s:g} s interval"
+                )
+                specs = [make_spec(cloud, devices, f"idle-{lc.kind}") for lc in launchers]
+                idles = idle(cloud, launchers, specs, settings)
+                results["idle"] = {kind: [run.as_json()] for kind, run in idles.items()}
+            if "cpu" in sections:
+                cpu: dict[str, list[dict[str, Any]]] = {}
+                for launcher in launchers:
+                    progress(f"CPU per message: {settings.cpu_messages} x {launcher.kind}")
+                    spec = make_spec(cloud, devices, f"cpu-{launcher.kind}")
+                    cpu[launcher.kind] = [
+                        cpu_per_messages(cloud, launcher, spec, settings).as_json()
+                    ]
+                results["cpu"] = cpu
             if "backlog" in sections:
                 backlog: dict[str, list[dict[str, Any]]] = {lc.kind: [] for lc in launchers}
                 for rep in range(settings.backlog_repetitions):
@@ -154,46 +244,51 @@ def run_benchmarks(
                             f"backlog drain {rep + 1}/{settings.backlog_repetitions}: "
                             f"{launcher.kind} (hub away {outage_s:g} s)"
                         )
-                        spec = make_spec(cloud, workdir / "devices", name)
+                        spec = make_spec(cloud, devices, name)
                         drain = backlog_drain(cloud, launcher, spec, settings, outage_s)
                         backlog[launcher.kind].append(drain.as_json())
                 results["backlog"] = backlog
+            if "drain" in sections:
+                large: dict[str, list[dict[str, Any]]] = {}
+                for launcher in launchers:
+                    count = (
+                        settings.backlog_messages
+                        if launcher.kind == "agent"
+                        else settings.backlog_messages_sdk
+                    )
+                    progress(
+                        f"large backlog: {count} x {launcher.kind}, PUBACK held"
+                        f" {settings.puback_delay_s:g} s"
+                    )
+                    spec = make_spec(cloud, devices, f"drain-{launcher.kind}")
+                    large[launcher.kind] = [
+                        large_backlog(cloud, launcher, spec, settings, count).as_json()
+                    ]
+                results["drain"] = large
     if "storm" in sections:
         storm: dict[str, dict[str, Any]] = {}
         for client in clients:
             with bench_cloud(
                 workdir / f"devcloud-storm-{client}",
                 registrations_per_second=settings.storm_registrations_per_second,
+                throttle_reserves_slots=True,
                 rng=rng,
             ) as cloud:
-                (launcher,) = _launchers(cloud, settings, [client], sdk_python)
+                (launcher,) = _launchers(cloud, settings, [client], python)
                 progress(f"reboot storm: {settings.fleet_size} x {client}")
                 specs = [
-                    make_spec(cloud, workdir / "devices", f"fleet-{client}-{n:03d}")
+                    make_spec(cloud, devices, f"fleet-{client}-{n:03d}")
                     for n in range(settings.fleet_size)
                 ]
                 phases = reboot_storm(cloud, launcher, specs, settings)
                 storm[client] = {name: phase.as_json() for name, phase in phases.items()}
         results["storm"] = storm
     results["meta"]["duration_s"] = round(time.monotonic() - started, 1)
+    results["meta"]["load_average_end"] = load_average()
     results["summary"] = report.summarize(results)
+    results["goals"] = report.goals(results)
     results["budget"] = report.budget(results)
-    results["notes"] = [
-        "Times are measured on devcloud's side: process start (wall clock) to the"
-        " enqueuedTimeUtc of the device's message.",
-        "Both clients run their defaults for reconnects: the agent's backoff"
-        " (1 s base, full jitter) and the SDK's connection_retry_interval"
-        f" ({settings.sdk_connection_retry_interval_s} s, a fixed grid from the drop; the"
-        " SDK program's sender retries at the same pace).",
-        "Hub outages last "
-        + ", ".join(
-            f"{settings.outage_s + n * settings.outage_step_s:g}"
-            for n in range(settings.backlog_repetitions)
-        )
-        + " s. The SDK program queues samples in memory and sends them one at a time"
-        " (send_message returns on PUBACK); the agent keeps up to 10 in flight.",
-        "Storm phases run in order: first boot, warm restart, restart with wiped state.",
-    ]
+    results["notes"] = report.notes(results)
     return results
 
 
@@ -218,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         type=lambda t: _parse_list(t, SECTIONS),
         default=list(SECTIONS),
-        help="comma-separated: boot, backlog, storm",
+        help="comma-separated: " + ", ".join(SECTIONS),
     )
     parser.add_argument(
         "--clients",
@@ -226,24 +321,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=list(report.CLIENTS),
         help="comma-separated: agent, sdk",
     )
+    parser.add_argument(
+        "--agent-interpreter",
+        choices=("installed", "project"),
+        help="installed: a non-editable, compiled copy in a cached venv (default of a full"
+        " run); project: this interpreter with the editable install (default with --quick)",
+    )
+    parser.add_argument("--idle-s", type=float, help="idle window (default: the preset's)")
+    parser.add_argument("--fleet-size", type=int, help="storm devices per client")
+    parser.add_argument("--repetitions", type=int, help="boot cycles per client")
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        help="also write RESULTS.md (the table) and latency.png (the chart) there",
+    )
     args = parser.parse_args(argv)
     # devcloud runs in this process: its asyncio warnings about sockets that devices
     # closed mid-write are expected here, not news.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     settings = QUICK if args.quick else FULL
+    changes = {
+        key: value
+        for key, value in (
+            ("idle_s", args.idle_s),
+            ("fleet_size", args.fleet_size),
+            ("repetitions", args.repetitions),
+        )
+        if value is not None
+    }
+    settings = dataclasses.replace(settings, **changes)
+    interpreter = args.agent_interpreter or ("project" if args.quick else "installed")
     with contextlib.ExitStack() as stack:
         workdir = args.workdir or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="device-agent-bench-"))
         )
         workdir.mkdir(parents=True, exist_ok=True)
-        results = run_benchmarks(settings, workdir, sections=args.only, clients=args.clients)
-    results["meta"]["mode"] = "quick" if args.quick else "full"
+        results = run_benchmarks(
+            settings, workdir, sections=args.only, clients=args.clients, interpreter=interpreter
+        )
+    results["meta"]["mode"] = ("quick" if args.quick else "full") + (
+        f" (changed: {', '.join(f'{k}={v}' for k, v in changes.items())})" if changes else ""
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     _stderr(f"results written to {args.out}")
+    table = report.markdown(results)
+    if args.report_dir is not None:
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        (args.report_dir / "RESULTS.md").write_text(table)
+        chart = chart_module.write_chart(results, args.report_dir / "latency.png")
+        _stderr(f"table and chart written to {args.report_dir} ({chart})")
     if args.markdown:
-        print(report.markdown(results), end="")
+        print(table, end="")
     return 0
 
 

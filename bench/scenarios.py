@@ -87,12 +87,32 @@ class BootCycle:
     warm_boot_s: float
     warm_boot_dps_requests: int
     exit_codes: tuple[int, int]
+    #: Waits DPS imposed on the cold boot and the reprovision (retry-after of 202s and
+    #: 429s, as long as the client waits for them: see Launcher.dps_poll_wait_s).
+    cold_boot_dps_wait_s: float = 0.0
+    reprovision_dps_wait_s: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         """JSON-ready fields."""
         data = asdict(self)
         data["exit_codes"] = list(self.exit_codes)
         return data
+
+
+def dps_wait_s(
+    cloud: BenchCloud, launcher: Launcher, name: str, since_s: float, until_s: float
+) -> float:
+    """What DPS made ``name`` wait between two monotonic times (429s and 202s)."""
+    poll_after_s = float(cloud.handle.app.provisioner.retry_after_s)
+    total = 0.0
+    for request in cloud.dps_log().select([name], since_s=since_s):
+        if request.at_s > until_s:
+            continue
+        if request.throttled:
+            total += float(request.retry_after_s or 0)
+        else:
+            total += launcher.dps_poll_wait_s(poll_after_s)
+    return total
 
 
 def boot_cycle(
@@ -102,9 +122,11 @@ def boot_cycle(
     client = cloud.client
     name = spec.name
     cloud.allocate_to("hub1")
+    cloud.dps_log()  # recording from here on
     launcher.wipe_state(spec)
     since = client.last_sequence_number()
     before = _attempts(cloud, name)
+    cold_mark = time.monotonic()
     with running(launcher, [spec]) as (device,):
         got = cloud.messages(
             [name], since=since, count=settings.steady_messages, timeout_s=settings.boot_timeout_s
@@ -113,12 +135,14 @@ def boot_cycle(
             raise BenchError(f"{name}: {len(got)} messages after a cold boot\n{device.tail()}")
         cold_boot_s = enqueued_epoch_s(got[0]) - device.started_at_s
         cold_dps = _attempts(cloud, name) - before
+        cold_wait = dps_wait_s(cloud, launcher, name, cold_mark, time.monotonic())
         status = device.status()
 
         cloud.allocate_to("hub2")
         since = client.last_sequence_number()
         before = _attempts(cloud, name)
         invoked_at = time.time()
+        reprovision_mark = time.monotonic()
         method_status, _payload = client.invoke_method(name, "reprovision", {}, timeout_s=10.0)
         moved = cloud.messages(
             [name],
@@ -131,6 +155,7 @@ def boot_cycle(
             raise BenchError(f"{name}: no message from hub2 after reprovision\n{device.tail()}")
         reprovision_s = enqueued_epoch_s(on_new_hub[0]) - invoked_at
         reprovision_dps = _attempts(cloud, name) - before
+        reprovision_wait = dps_wait_s(cloud, launcher, name, reprovision_mark, time.monotonic())
         (first_exit,) = stop_all([device])
 
     since = client.last_sequence_number()
@@ -154,6 +179,8 @@ def boot_cycle(
         warm_boot_s=warm_boot_s,
         warm_boot_dps_requests=warm_dps,
         exit_codes=(first_exit, second_exit),
+        cold_boot_dps_wait_s=cold_wait,
+        reprovision_dps_wait_s=reprovision_wait,
     )
 
 
@@ -246,6 +273,10 @@ class StormPhase:
     dps_throttled: int
     ignored_retry_after: int
     exit_codes: tuple[int, ...]
+    #: Each connected device's start -> first telemetry, sorted.
+    connected_s: tuple[float, ...] = ()
+    #: The machine's lowest MemAvailable during the phase (MiB): the fleet fitted.
+    min_mem_available_mib: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -260,7 +291,8 @@ def _storm_phase(
     since = cloud.client.last_sequence_number()
     phase_start = time.monotonic()
     started_at = time.time()
-    with running(launcher, specs) as processes:
+    low_water = _MemoryLowWater()
+    with low_water, running(launcher, specs) as processes:
         firsts = cloud.first_messages(names, since=since, timeout_s=settings.storm_timeout_s)
         codes = stop_all(processes)
     times = sorted(enqueued_epoch_s(m) - started_at for m in firsts.values())
@@ -274,7 +306,34 @@ def _storm_phase(
         dps_throttled=throttled,
         ignored_retry_after=log.early_retries(names, since_s=phase_start),
         exit_codes=tuple(codes),
+        connected_s=tuple(round(t, 4) for t in times),
+        min_mem_available_mib=low_water.lowest_mib,
     )
+
+
+class _MemoryLowWater:
+    """The machine's lowest ``MemAvailable`` while the block runs (sampled every 0.5 s)."""
+
+    def __init__(self) -> None:
+        self.lowest_mib: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):  # a sampling period, not a wait for an event
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    mib = int(line.split()[1]) / 1024
+                    if self.lowest_mib is None or mib < self.lowest_mib:
+                        self.lowest_mib = mib
+
+    def __enter__(self) -> _MemoryLowWater:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def reboot_storm(

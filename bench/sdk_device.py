@@ -19,7 +19,10 @@ Theory of operation
    pace of the SDK's own reconnects, before the next try.
 4. A ``reprovision`` direct method is answered 202, then the main thread shuts the hub
    client down, registers with DPS again, persists and connects to the new hub.
-5. SIGTERM: shut the client down and exit 0 (``os._exit``: the SDK leaves threads).
+5. With ``--follow-twin-interval``: after each connect read the twin, and take
+   ``telemetryIntervalSeconds`` from its desired properties and from every desired
+   patch, as the agent does (the backlog benchmark slows both clients down this way).
+6. SIGTERM: shut the client down and exit 0 (``os._exit``: the SDK leaves threads).
 
 One JSON object per line on stdout (``{"event": ...}``) says what happened, for the
 benchmark's logs; SDK logs go to stderr at WARNING.
@@ -82,6 +85,7 @@ class Device:
         self.stop = threading.Event()
         self.reprovision = threading.Event()
         self.sequence = 0
+        self.interval_s: float = args.interval_s
 
     # -- provisioning ---------------------------------------------------------------------
 
@@ -132,8 +136,18 @@ class Device:
         client.connect()
         client.on_method_request_received = lambda request: self.on_method(client, request)
         client.on_connection_state_change = self.on_connection_change
+        if self.args.follow_twin_interval:
+            client.on_twin_desired_properties_patch_received = self.on_desired
+            self.on_desired(client.get_twin().get("desired", {}))
         emit("connected", hub=assignment["hub"], threads=threading.active_count())
         return client
+
+    def on_desired(self, desired: dict[str, Any]) -> None:
+        """Take ``telemetryIntervalSeconds`` from desired properties, if it is there."""
+        value = desired.get("telemetryIntervalSeconds")
+        if isinstance(value, int | float) and 1 <= value <= 86400:
+            self.interval_s = float(value)
+            emit("interval", seconds=self.interval_s)
 
     def on_connection_change(self) -> None:
         """The SDK (re)connected or lost the connection: wake a waiting sender."""
@@ -262,6 +276,7 @@ def main() -> None:
     parser.add_argument("--interval-s", type=float, default=60.0)
     parser.add_argument("--queue-max-messages", type=int, default=1000)
     parser.add_argument("--connection-retry-interval", type=int, default=10)
+    parser.add_argument("--follow-twin-interval", action="store_true")
     parser.add_argument("--sensor", action="append", default=[], help="PART@BUS:0xADDR")
     parser.add_argument("--mock-seed", type=int, default=1)
     parser.add_argument("--project-root", required=True, help="where the hal package is")
@@ -294,8 +309,8 @@ def main() -> None:
                 device.do_reprovision()
             if time.monotonic() >= next_at:
                 device.sample(sensors, dict(UNITS))
-                next_at += args.interval_s
-                next_at = max(next_at, time.monotonic() - args.interval_s)  # no catch-up burst
+                next_at += device.interval_s
+                next_at = max(next_at, time.monotonic() - device.interval_s)  # no catch-up
             with device.changed:
                 device.changed.wait_for(
                     lambda: device.stop.is_set() or device.reprovision.is_set(),

@@ -21,9 +21,30 @@ class BenchSettings:
     backlog_repetitions: int = 3
     outage_s: float = 12.0
     outage_step_s: float = 3.0
-    #: Devices per client in the reboot storm, and devcloud's DPS throttle during it.
-    fleet_size: int = 20
-    storm_registrations_per_second: float = 2.0
+    #: The large backlog: messages buffered while the hub is away (sampled every
+    #: ``backlog_interval_s``), drained with each PUBACK held ``puback_delay_s``. The SDK
+    #: program sends one message per round trip, so it drains a smaller backlog (a rate is
+    #: compared, and 10,000 at its pace would take about 8 minutes).
+    backlog_messages: int = 10_000
+    backlog_messages_sdk: int = 2_000
+    backlog_interval_s: float = 0.002
+    puback_delay_s: float = 0.05
+    #: After the first message, before an idle or CPU window (twin, subscriptions); a
+    #: large-backlog drain is over when no message came for ``drain_quiet_s``.
+    settle_s: float = 5.0
+    drain_quiet_s: float = 5.0
+    #: Idle: both clients connected at ``idle_interval_s``, measured over ``idle_s``.
+    idle_s: float = 600.0
+    idle_interval_s: float = 60.0
+    #: CPU per message: ``cpu_messages`` delivered at ``cpu_interval_s``.
+    cpu_messages: int = 1000
+    cpu_interval_s: float = 0.01
+    #: Floor runs (each: a fresh interpreter, imports, TLS, one QoS 1 PUBLISH acked).
+    floor_repetitions: int = 5
+    #: Devices per client in the reboot storm, and devcloud's DPS throttle during it
+    #: (slot-reserving: a 429's retry-after books the device's turn).
+    fleet_size: int = 200
+    storm_registrations_per_second: float = 5.0
     #: The SDK's own reconnect interval (its default is 10 s).
     sdk_connection_retry_interval_s: int = 10
     #: Mock sensors, as ``PART@BUS:0xADDR`` (the same for both clients).
@@ -49,8 +70,18 @@ QUICK = BenchSettings(
     backlog_repetitions=1,
     outage_s=1.0,
     outage_step_s=0.5,
-    fleet_size=2,
-    storm_registrations_per_second=1.0,
+    backlog_messages=100,
+    backlog_messages_sdk=20,
+    backlog_interval_s=0.01,
+    settle_s=0.5,
+    drain_quiet_s=1.0,
+    idle_s=2.0,
+    idle_interval_s=60.0,
+    cpu_messages=20,
+    cpu_interval_s=0.05,
+    floor_repetitions=1,
+    fleet_size=3,
+    storm_registrations_per_second=2.0,
     sdk_connection_retry_interval_s=1,
     boot_timeout_s=45.0,
     drain_timeout_s=45.0,
