@@ -80,15 +80,10 @@ demo: venv
 deb: venv
 	$(PY) deploy/deb/build_deb.py --out dist $(DEB_ARGS)
 
-# The full side-by-side benchmark (about an hour on 2 cores: the idle window alone is
+# The full side-by-side benchmark (about 30 minutes on 2 cores; the idle window alone is
 # 10 minutes): bench/results.json, bench/RESULTS.md, bench/latency.png; prints the table.
 # BENCH_ARGS passes options to bench/run.py (e.g. BENCH_ARGS="--idle-s 120").
-$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
-	@$(PY) -m pip install -q -e '.[dev,bench]' > $(VENV)/install-bench.log 2>&1 \
-	    || { cat $(VENV)/install-bench.log; exit 1; }
-	touch $@
-
-bench: $(VENV)/.bench-installed
+bench: venv
 	$(PY) bench/run.py --out bench/results.json --report-dir bench --markdown $(BENCH_ARGS)
 
 clean:

@@ -1,11 +1,14 @@
 """The benchmark harness, run end to end with its smallest settings (``--quick``).
 
 ``python bench/run.py --quick`` starts the real agent and the SDK program against a
-devcloud on loopback for every benchmark; this test checks the results document's
-structure and the facts that do not depend on timing: warm boots make no DPS request,
+devcloud on loopback for every benchmark (floor, boot cycle, idle, CPU per message,
+backlog, large backlog, storm); this test checks the results document's structure and
+the facts that do not depend on timing: warm boots make no DPS request,
 reprovisioning does, every storm device connects, every DPS request beyond one per
-device was a throttled one, nothing is lost in the backlog, every process stopped
-cleanly and none is left behind. Timings are never asserted.
+device was a throttled one, nothing is lost in the backlog, the large backlog arrives
+without duplicates, every goal has a row, the table and chart are written, every process
+stopped cleanly and none is left behind. Timings are never asserted. The quick run uses
+the project's own interpreter (no cached install): it is a smoke run, not a measurement.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
             "--markdown",
             "--workdir",
             str(workdir),
+            "--report-dir",
+            str(tmp / "report"),
         ],
         capture_output=True,
         text=True,
@@ -62,6 +67,33 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-6000:]}"
     return json.loads(out.read_text()), done.stdout, workdir
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_quick_run_floor_idle_cpu_and_large_backlog(
+    quick_run: tuple[dict[str, Any], str, Path],
+) -> None:
+    results, _, workdir = quick_run
+    assert set(results["floor"]) == {"1", "2"}
+    for entry in results["floor"].values():
+        assert len(entry["runs_s"]) == QUICK.floor_repetitions
+        assert entry["median_s"] > 0
+    for client in CLIENTS:
+        (idle,) = results["idle"][client]
+        assert idle["duration_s"] >= QUICK.idle_s
+        assert idle["context_switches"] >= 0
+        assert idle["threads"] >= 1
+        (cpu,) = results["cpu"][client]
+        assert cpu["messages"] >= QUICK.cpu_messages
+        assert cpu["cpu_s"] >= 0
+        (drain,) = results["drain"][client]
+        assert drain["delivered"] >= 2, f"{client} delivered no backlog"
+        assert drain["duplicates"] == 0
+    # Both clients had their bytecode checked.
+    assert set(results["meta"]["bytecode"]) == set(CLIENTS)
+    assert (workdir.parent / "report" / "RESULTS.md").read_text().startswith("# device-agent")
+    assert (workdir.parent / "report" / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.integration
@@ -122,8 +154,14 @@ def test_quick_run_summary_table_and_cleanup(
         if row["agent"] is not None and row["sdk"]:
             assert row["ratio"] == pytest.approx(row["agent"] / row["sdk"])
     assert results["budget"]["threads_budget"] == 3
+    goals = {goal["goal"]: goal for goal in results["goals"]}
+    assert "idle wakeups ≤ 0.1/s" in goals
+    assert "storm first boot: 0 stuck" in goals
+    assert goals["storm first boot: 0 stuck"]["met"] is True
+    assert all(goal["met"] in (True, False) for goal in goals.values()), "a goal not measured"
     assert "| metric | unit | agent | SDK | agent/SDK |" in markdown
-    assert markdown.count("\n| ") == len(results["summary"]) + 1  # the header, then a row each
+    # Two tables: metrics and goals, each a header and then a row per entry.
+    assert markdown.count("\n| ") == len(results["summary"]) + len(results["goals"]) + 2
     # Every device program the harness started is gone.
     assert workdir.is_dir()
     assert _processes_mentioning(str(workdir)) == []
