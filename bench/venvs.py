@@ -13,7 +13,8 @@ it, installed:
   whatever ``PYTHONDONTWRITEBYTECODE`` says). It is cached under the project's cache
   (:func:`tests.support.refsdk.cache_root`) keyed on a hash of the sources and the
   Python version, built once (under a lock, in a temporary folder renamed into place),
-  and rebuilt when the code changes. The SDK program imports the project's HAL too (the
+  and rebuilt when the code changes (the two newest older copies are kept, since another
+  run may still be using one). The SDK program imports the project's HAL too (the
   mock sensors); it gets the installed, compiled copy through :func:`hal_root`.
 * :func:`bytecode_coverage` starts an interpreter, imports what a client imports and
   counts the loaded source modules that have a valid cached ``.pyc`` next to them; the
@@ -38,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: What goes into the installed copy (and into its cache key).
 SOURCES = ("agent", "hal", "devcloud", "pyproject.toml", "README.md")
 INSTALL_TIMEOUT_S = 600.0
+#: Older installed copies kept besides the one being built.
+KEEP_COPIES = 2
 _MARKER = ".complete"
 
 #: Imported by :func:`bytecode_coverage` for each client (what its device program loads).
@@ -111,9 +114,14 @@ def agent_venv(root: Path = ROOT, cache: Path | None = None) -> Path:
     with _exclusive(base / "bench-agent.lock", INSTALL_TIMEOUT_S):
         if (final / _MARKER).is_file():
             return python
-        for old in base.glob("bench-agent-*"):  # one installed copy at a time is enough
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
+        # Keep the two newest other copies (a run may still be using one), drop the rest.
+        others = sorted(
+            (p for p in base.glob("bench-agent-*") if p.is_dir()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for old in others[KEEP_COPIES:]:
+            shutil.rmtree(old, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=".bench-agent.tmp-", dir=base))
         try:
             copy = staging / "src"
