@@ -44,7 +44,13 @@ KEEP_COPIES = 2
 _MARKER = ".complete"
 
 #: Imported by :func:`bytecode_coverage` for each client (what its device program loads).
-AGENT_MODULES = ("agent.cli", "agent.daemon", "agent.transport", "hal", "paho.mqtt.client")
+AGENT_MODULES = (
+    "agent.cli.main",
+    "agent.runtime.daemon",
+    "agent.runtime.transport",
+    "hal",
+    "paho.mqtt.client",
+)
 SDK_MODULES = ("azure.iot.device", "paho.mqtt.client", "hal")
 
 _COVERAGE = """
