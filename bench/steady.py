@@ -13,13 +13,15 @@ Theory of operation
 * :func:`cpu_per_messages` runs one device at a time at a short interval and reads its
   CPU time when devcloud has stored message ``k`` and message ``k + cpu_messages``:
   CPU seconds per 1,000 messages delivered (sampling, encoding, TLS, acknowledgements).
-* :func:`large_backlog` takes a connected device's hub away while it samples every
-  ``backlog_interval_s`` into a queue bounded at the backlog size, so that when the hub
-  returns the device holds a full backlog; meanwhile the twin's desired
-  ``telemetryIntervalSeconds`` is set to 3600, so sampling all but stops once the device
-  reads it. devcloud holds each PUBACK ``puback_delay_s`` (a simulated round trip). The
-  result is the delivery rate over the backlog: messages stored after the hub returned
-  divided by the time from the first to the last of them.
+* :func:`large_backlog` holds back the PUBACKs of a connected device (devcloud's
+  ``puback_delay_s`` set to the whole fill time) while it samples every
+  ``backlog_interval_s`` into a queue bounded at the backlog size: its in-flight window
+  fills and everything else waits in its queue, as behind a stalled link. Just before
+  the fill ends the twin's desired ``telemetryIntervalSeconds`` is set to 3600, so
+  sampling all but stops; then each PUBACK is held ``puback_delay_s`` (a simulated round
+  trip) and the held ones come due. The result is the delivery rate over the backlog:
+  messages stored after the release divided by the time from the first to the last of
+  them (no reconnect is involved, so neither client's backoff enters the number).
 """
 
 from __future__ import annotations
@@ -164,6 +166,7 @@ class LargeBacklog:
     buffered_target: int
     delivered: int
     drain_s: float | None
+    #: From the release to the first message stored.
     reconnect_s: float | None
     duplicates: int
 
@@ -186,9 +189,10 @@ def large_backlog(
     settings: BenchSettings,
     messages: int,
 ) -> LargeBacklog:
-    """Buffer ``messages`` while the hub is away, then drain them through a slow PUBACK."""
+    """Buffer ``messages`` behind held PUBACKs, then drain them through a slow PUBACK."""
     name = spec.name
-    cloud.allocate_to("hub1")
+    hub = "hub1"
+    cloud.allocate_to(hub)
     launcher.wipe_state(spec)
     since = cloud.client.last_sequence_number()
     overrides = Overrides(
@@ -196,24 +200,28 @@ def large_backlog(
         queue_max_messages=messages,
         follow_twin_interval=True,
     )
-    hub = "hub1"
     server = cloud.handle.app.hub_servers[hub]
+
+    def hold(delay_s: float) -> None:
+        cloud.handle.call(lambda _app: setattr(server, "puback_delay_s", delay_s))
+
+    fill_s = messages * settings.backlog_interval_s * 1.3 + 1.0  # room for a slow sampler
     with running(launcher, [spec], overrides) as (device,):
         got = cloud.messages([name], since=since, count=3, timeout_s=settings.boot_timeout_s)
         if len(got[name]) < 3:
-            raise SteadyError(f"{name}: not connected before the outage\n{device.tail()}")
-        cloud.stop_hub(hub)
-        mark = cloud.client.last_sequence_number()
-        # Enough time to fill the queue, with room for a slow sampler.
-        threading.Event().wait(messages * settings.backlog_interval_s * 1.3 + 1.0)
-        cloud.client.patch_twin_desired(name, {"telemetryIntervalSeconds": 3600}, hub=hub)
-        cloud.handle.call(lambda _app: setattr(server, "puback_delay_s", settings.puback_delay_s))
-        up_at = time.time()
+            raise SteadyError(f"{name}: not connected\n{device.tail()}")
         try:
-            cloud.start_hub(hub)
+            hold(fill_s)  # what is in flight now is acknowledged only when the fill ends
+            filling_until = time.monotonic() + fill_s
+            threading.Event().wait(max(0.0, fill_s - 0.5))  # the fill itself
+            cloud.client.patch_twin_desired(name, {"telemetryIntervalSeconds": 3600}, hub=hub)
+            threading.Event().wait(max(0.0, filling_until - time.monotonic()))
+            hold(settings.puback_delay_s)
+            mark = cloud.client.last_sequence_number()
+            released_at = time.time()
             after = _until_quiet(cloud, name, mark, settings)
         finally:
-            cloud.handle.call(lambda _app: setattr(server, "puback_delay_s", 0.0))
+            hold(0.0)
         stop_all([device])
     if len(after) < 2:
         return LargeBacklog(messages, len(after), None, None, 0)
@@ -223,7 +231,7 @@ def large_backlog(
         buffered_target=messages,
         delivered=len(after),
         drain_s=max(times) - min(times),
-        reconnect_s=min(times) - up_at,
+        reconnect_s=min(times) - released_at,
         duplicates=len(sequences) - len(set(sequences)),
     )
 
