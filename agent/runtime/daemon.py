@@ -8,8 +8,9 @@ and then runs a single-threaded main loop until it is told to stop:
 1. fire due timers (the lifecycle's, the DPS attempt's, telemetry sampling, method
    effects), and take over requests handed in from other threads (SIGTERM, the
    reprovision button) through a queue;
-2. ``transport.poll()`` on the one open MQTT connection (DPS *or* hub), bounded by the
-   next timer, or just wait when there is no connection;
+2. ``transport.poll()`` on the one open MQTT connection (DPS *or* hub) until the next
+   deadline (a timer, the watchdog, keep-alive), or just wait when there is no
+   connection: no polling period, an idle agent sleeps;
 3. route each transport event to the DPS :class:`~agent.core.provisioning.Registration`
    or the :class:`~agent.core.session.HubSession`, and their outcomes to the
    :class:`~agent.core.lifecycle.Lifecycle`;
@@ -489,6 +490,7 @@ class Daemon:
             "lastReprovisionReason": self.actions.last_reprovision_reason,
             "reprovisionAllowedAt": utc_iso(snap.budget_next_allowed_at) if snap else None,
             "agentVersion": __version__,
+            "loop": self.loop.stats.as_json(),
         }
 
     # -- shutdown --------------------------------------------------------------------------------
@@ -579,7 +581,7 @@ def provision_once(
     deadline = time.monotonic() + limit
     try:
         while registration.outcome is None and time.monotonic() < deadline:
-            daemon.loop.step()
+            daemon.loop.step(max_wait_s=max(0.0, deadline - time.monotonic()))
         outcome = registration.outcome
         if outcome is None:
             raise TransportError(f"DPS registration did not finish within {limit:g} s")

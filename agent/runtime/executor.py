@@ -288,8 +288,10 @@ class Executor:
         if self.store is None:
             return
         if state_name is None:
-            # Written now: the next periodic refresh is a full period away.
-            self.timers.start(STATUS_TIMER, self._status_refresh_s_now())
+            # Written now: the next periodic refresh is a full period away, and may wait
+            # up to half a period more for a wakeup the loop has anyway (telemetry).
+            refresh_s = self._status_refresh_s_now()
+            self.timers.start(STATUS_TIMER, refresh_s, slack_s=refresh_s / 2)
         status = dict(self._status())
         if state_name is not None:
             status["state"] = state_name

@@ -8,22 +8,34 @@ the :class:`~agent.runtime.executor.Executor`). One :meth:`MainLoop.step`:
 
 1. take over events handed in from other threads or signal handlers (SIGTERM, the
    reprovision button) through a queue, and fire due :class:`Timers`;
-2. ``transport.poll()`` on the one open MQTT connection (DPS *or* hub), bounded by the
-   next timer, or just wait on a self-pipe when there is no connection;
+2. ``transport.poll()`` on the one open MQTT connection (DPS *or* hub), or just wait
+   on a self-pipe when there is no connection, until the next deadline: the earliest
+   timer or the watchdog's next ping. The transport adds its own (the connect timeout,
+   MQTT keep-alive), so nothing wakes the loop on a fixed period;
 3. route each transport event to the caller;
-4. ping the watchdog (sd_notify ``WATCHDOG``) at half its interval, from here only,
-   so a stuck loop stops the pings.
+4. ping the watchdog (sd_notify ``WATCHDOG``) from here only, so a stuck loop stops
+   the pings: due at half the watchdog interval, and sent early, on any wakeup after a
+   quarter of it, so that it mostly rides on wakeups the loop has anyway.
 
-:meth:`MainLoop.run` repeats steps until the caller says it is stopping. The longest
-single wait is :data:`MAX_WAIT_S`, so shutdown and the watchdog stay prompt.
+The loop sleeps until something is due: a signal or another thread wakes it through
+the self-pipe (and the transport's), a packet through the socket. A timer may carry a
+*slack* (:meth:`Timers.start`): it fires on the first wakeup after it is due, and wakes
+the loop itself only when the slack has run out too, so low-priority work (the periodic
+``status.json`` refresh) joins wakeups that happen anyway.
+
+:class:`LoopStats` measures what the loop is there to avoid: *stalls*, the time from a
+wakeup until the loop waits on its socket again (routing, timers, sampling, files);
+their histogram and maximum are in ``status.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import select
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -34,34 +46,85 @@ if TYPE_CHECKING:
     from agent.runtime.endpoint import TransportEvent
     from agent.runtime.transport import MqttTransport
 
-#: Longest single wait of the main loop (keeps shutdown and watchdog prompt).
-MAX_WAIT_S = 0.5
-
 E = TypeVar("E")
+
+#: Upper bounds (ms) of the stall histogram's buckets; the last one is open.
+STALL_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 500)
+
+
+class LoopStats:
+    """Wakeups of the loop and its stalls (wakeup -> next wait), as a histogram.
+
+    Measured with :func:`time.perf_counter`, not the injected clock: it is real time
+    the socket went unserved, whatever clock the timers run on.
+    """
+
+    def __init__(self) -> None:
+        self.wakeups = 0
+        self.max_stall_s = 0.0
+        self.counts = [0] * (len(STALL_BUCKETS_MS) + 1)
+        self._woke_at: float | None = None
+
+    def woke(self) -> None:
+        """The loop returned from a wait."""
+        self.wakeups += 1
+        self._woke_at = time.perf_counter()
+
+    def waiting(self) -> None:
+        """The loop is about to wait again: the stall since :meth:`woke` is over."""
+        if self._woke_at is None:
+            return
+        self.record(time.perf_counter() - self._woke_at)
+        self._woke_at = None
+
+    def record(self, stall_s: float) -> None:
+        """Count one stall of ``stall_s`` seconds."""
+        self.max_stall_s = max(self.max_stall_s, stall_s)
+        stall_ms = stall_s * 1000
+        for index, bound in enumerate(STALL_BUCKETS_MS):
+            if stall_ms < bound:
+                self.counts[index] += 1
+                return
+        self.counts[-1] += 1
+
+    def as_json(self) -> dict[str, object]:
+        """For ``status.json``: wakeups, the longest stall, the histogram (``"<5"``: ms)."""
+        labels = [f"<{b:g}" for b in STALL_BUCKETS_MS] + [f">={STALL_BUCKETS_MS[-1]:g}"]
+        return {
+            "wakeups": self.wakeups,
+            "maxStallMs": round(self.max_stall_s * 1000, 3),
+            "stallsMs": dict(zip(labels, self.counts, strict=True)),
+        }
 
 
 class Timers:
     """Named one-shot timers on the injected monotonic clock.
 
-    Starting a timer of a name that is already running replaces it.
+    Starting a timer of a name that is already running replaces it. A timer with
+    ``slack_s`` is due after ``delay_s`` but needs to wake the loop only after
+    ``delay_s + slack_s``: it fires on the first wakeup in between.
     """
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._due: dict[str, float] = {}
+        self._latest: dict[str, float] = {}
 
-    def start(self, name: str, delay_s: float) -> None:
-        """Fire ``name`` after ``delay_s`` (negative: at once)."""
-        self._due[name] = self._clock.monotonic() + max(0.0, delay_s)
+    def start(self, name: str, delay_s: float, *, slack_s: float = 0.0) -> None:
+        """Fire ``name`` after ``delay_s`` (negative: at once), up to ``slack_s`` later."""
+        due = self._clock.monotonic() + max(0.0, delay_s)
+        self._due[name] = due
+        self._latest[name] = due + max(0.0, slack_s)
 
     def cancel(self, name: str) -> None:
         """Forget ``name`` if it is running."""
         self._due.pop(name, None)
+        self._latest.pop(name, None)
 
     def cancel_prefixed(self, prefixes: tuple[str, ...]) -> None:
         """Forget every timer whose name starts with one of ``prefixes``."""
         for name in [n for n in self._due if n.startswith(prefixes)]:
-            del self._due[name]
+            self.cancel(name)
 
     def __contains__(self, name: object) -> bool:
         return name in self._due
@@ -73,10 +136,10 @@ class Timers:
         return len(self._due)
 
     def seconds_to_next(self) -> float | None:
-        """Seconds until the earliest timer is due (<= 0: due now); None if none runs."""
-        if not self._due:
+        """Seconds until a timer must wake the loop (<= 0: now); None if none runs."""
+        if not self._latest:
             return None
-        return min(self._due.values()) - self._clock.monotonic()
+        return min(self._latest.values()) - self._clock.monotonic()
 
     def pop_due(self) -> str | None:
         """The earliest timer that is due now, removed; None if none is due."""
@@ -85,7 +148,7 @@ class Timers:
         if not due:
             return None
         _, name = min(due)
-        del self._due[name]
+        self.cancel(name)
         return name
 
 
@@ -116,7 +179,8 @@ class MainLoop(Generic[E]):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._watchdog_s = notifier.watchdog_interval_s()
-        self._last_watchdog = 0.0
+        self._last_watchdog: float | None = None
+        self.stats = LoopStats()
 
     def hand_in(self, event: E) -> None:
         """Queue ``event`` for the loop's thread and wake it (any thread, signal handlers)."""
@@ -133,30 +197,48 @@ class MainLoop(Generic[E]):
         while not stopping():
             self.step(stopping)
 
-    def step(self, stopping: Callable[[], bool] = lambda: False) -> None:
-        """One round: hand-ins, due timers, then poll (or wait) once; the watchdog."""
+    def step(
+        self, stopping: Callable[[], bool] = lambda: False, *, max_wait_s: float | None = None
+    ) -> None:
+        """One round: hand-ins, due timers, then poll (or wait) once; the watchdog.
+
+        The wait lasts until the next deadline (or ``max_wait_s``, if shorter); with no
+        timer, no watchdog and no bound it lasts until the socket or a hand-in wakes it.
+        """
+        self._ping_watchdog()
         self._drain_handoff()
         self._fire_timers()
         if stopping():
+            self.stats.waiting()
             return
-        wait = self._wait_s()
+        wait = self.wait_s(max_wait_s)
         transport = self._transport()
+        self.stats.waiting()
         if transport is not None:
-            for event in transport.poll(wait):
+            events = transport.poll(wait)
+            self.stats.woke()
+            for event in events:
                 self._route(transport, event)
         else:
             self._idle(wait)
-        now = self._clock.monotonic()
-        if self._watchdog_s is not None and now - self._last_watchdog >= self._watchdog_s / 2:
-            self._notifier.watchdog()
-            self._last_watchdog = now
+            self.stats.woke()
 
     def close(self) -> None:
         """Close the self-pipe."""
         self._wake_r.close()
         self._wake_w.close()
 
-    def _idle(self, wait_s: float) -> None:
+    def _ping_watchdog(self) -> None:
+        """WATCHDOG on any wakeup a quarter interval after the last (due at half of it)."""
+        if self._watchdog_s is None:
+            return
+        now = self._clock.monotonic()
+        since = math.inf if self._last_watchdog is None else now - self._last_watchdog
+        if since >= self._watchdog_s / 4:
+            self._notifier.watchdog()
+            self._last_watchdog = now
+
+    def _idle(self, wait_s: float | None) -> None:
         """Wait with no connection open, until a timer is due or something is handed in."""
         try:
             readable, _, _ = select.select([self._wake_r], [], [], wait_s)
@@ -166,13 +248,16 @@ class MainLoop(Generic[E]):
             with contextlib.suppress(OSError):
                 self._wake_r.recv(4096)
 
-    def _wait_s(self) -> float:
+    def wait_s(self, max_wait_s: float | None = None) -> float | None:
+        """How long the next wait lasts: to the next deadline (None: until woken)."""
         if not self._handoff.empty():
             return 0.0
-        due = self.timers.seconds_to_next()
-        if due is None:
-            return MAX_WAIT_S
-        return max(0.0, min(MAX_WAIT_S, due))
+        deadlines = [d for d in (self.timers.seconds_to_next(), max_wait_s) if d is not None]
+        if self._watchdog_s is not None and self._last_watchdog is not None:
+            deadlines.append(self._last_watchdog + self._watchdog_s / 2 - self._clock.monotonic())
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines))
 
     def _drain_handoff(self) -> None:
         with contextlib.suppress(OSError):

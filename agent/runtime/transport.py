@@ -22,7 +22,11 @@ The TCP connect and the TLS handshake are non-blocking and advance inside :meth:
 (only resolving a host *name* blocks, in ``getaddrinfo``). The established TLS socket
 is then handed to a fresh paho client, which sends CONNECT and from there on does the
 MQTT framing, QoS 1 acknowledgements and keep-alive through its external-loop API
-(``loop_read``/``loop_write``/``loop_misc``), driven by :meth:`poll`'s ``select``. For
+(``loop_read``/``loop_write``/``loop_misc``), driven by :meth:`poll`'s ``select``. A
+wait lasts until the caller's deadline, the connect timeout, or the moment paho's
+keep-alive has something to do (a PINGREQ when nothing was sent or received for
+``keep_alive_s``, or closing when its answer is overdue), computed from paho's own
+timestamps: an idle connection wakes the process about once per keep-alive. For
 WebSockets, paho's HTTP upgrade is one blocking round trip on the already-established
 TLS connection, bounded by the time left.
 
@@ -46,6 +50,7 @@ import contextlib
 import enum
 import errno
 import logging
+import math
 import select
 import socket
 import ssl
@@ -89,11 +94,13 @@ log = logging.getLogger(__name__)
 
 #: paho reports MQTT 3.1.1 CONNACK codes as MQTT 5 reason codes; this maps them back.
 _CONNACK_FROM_REASON = {0: 0, 132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
-#: Longest single wait inside :meth:`MqttTransport.poll`, so keep-alive stays on time.
-_MAX_WAIT_S = 1.0
 #: A connected server silent for this many keep-alive periods is gone (see above): paho's
 #: PINGREQ goes out after one period, so its PINGRESP has a quarter period to arrive.
 SILENCE_FACTOR = 1.25
+#: Wait between keep-alive checks if this paho lacks the timestamps read below.
+_KEEPALIVE_FALLBACK_FRACTION = 0.5
+#: Wake this much after paho's keep-alive moment, so that its own clock has passed it.
+_KEEPALIVE_LATE_S = 0.001
 #: Bound on the number of select rounds in one :meth:`MqttTransport.poll`.
 _MAX_ROUNDS = 100_000
 
@@ -133,6 +140,25 @@ def _defer_urllib_request() -> None:
     stand_in = _DeferredModule("urllib.request")
     sys.modules["urllib.request"] = stand_in
     setattr(urllib, "request", stand_in)  # noqa: B010 - as the import system binds it
+
+
+def _keepalive_due_s(client: Client, keep_alive_s: float) -> float:
+    """Seconds until paho's ``loop_misc`` has keep-alive work (>= 0; inf: never).
+
+    paho pings when nothing was sent or nothing received for ``keep_alive_s`` (and
+    closes when the PINGRESP is that late), measured with its module clock; read its
+    timestamps (private, hence the fallback: a check at half the keep-alive).
+    """
+    if keep_alive_s <= 0:
+        return math.inf
+    import paho.mqtt.client as paho_client
+
+    last_out = getattr(client, "_last_msg_out", None)
+    last_in = getattr(client, "_last_bytes_received", None)
+    if not isinstance(last_out, float) or not isinstance(last_in, float):
+        return keep_alive_s * _KEEPALIVE_FALLBACK_FRACTION
+    due = min(last_out, last_in) + keep_alive_s - paho_client.time_func()
+    return max(0.0, due) + _KEEPALIVE_LATE_S
 
 
 class _Phase(enum.Enum):
@@ -218,15 +244,15 @@ class MqttTransport:
         self._phase = _Phase.TCP
         log.debug("connecting to %s", self.endpoint)
 
-    def poll(self, timeout_s: float) -> list[TransportEvent]:
-        """Advance the connection for up to ``timeout_s``; return what happened.
+    def poll(self, timeout_s: float | None) -> list[TransportEvent]:
+        """Advance the connection for up to ``timeout_s`` (None: no limit); return events.
 
-        Returns as soon as there is at least one event. With no connection it just waits
-        (interruptible by :meth:`wake`).
+        Returns as soon as there is at least one event, or when :meth:`wake` is called.
+        With no connection it just waits.
         """
         if self._phase is _Phase.CLOSED:
             raise TransportError("the transport is closed")
-        deadline = self._clock() + max(0.0, timeout_s)
+        deadline = math.inf if timeout_s is None else self._clock() + max(0.0, timeout_s)
         self._woken = False
         for _ in range(_MAX_ROUNDS):
             if self._events:
@@ -321,7 +347,7 @@ class MqttTransport:
     ) -> tuple[list[Any], list[Any]]:
         try:
             readable, writable, _ = select.select(
-                [*readers, self._wake_r], writers, [], min(timeout, _MAX_WAIT_S)
+                [*readers, self._wake_r], writers, [], None if math.isinf(timeout) else timeout
             )
         except (OSError, ValueError) as exc:  # a socket closed under us
             log.debug("select failed: %s", exc)
@@ -460,9 +486,9 @@ class MqttTransport:
     def _step_mqtt(self, remaining: float) -> None:
         client = self._client
         assert client is not None
-        wait = remaining
+        wait = min(remaining, _keepalive_due_s(client, self.endpoint.keep_alive_s))
         if self._phase is _Phase.MQTT:
-            budget = self._time_left(remaining)
+            budget = self._time_left(wait)
             if budget is None:
                 return
             wait = budget
