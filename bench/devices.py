@@ -116,6 +116,11 @@ class Overrides:
     queue_max_messages: int | None = None
     #: The SDK program takes its interval from the twin, as the agent always does.
     follow_twin_interval: bool = False
+    #: Mock sensors (None: the benchmark's); () for none, so sampling costs nothing.
+    sensors: tuple[str, ...] | None = None
+    #: Added to the program's niceness (the storm: the emulated fleet must not starve
+    #: the emulated cloud, which in reality runs on other machines).
+    nice_increment: int = 0
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,9 @@ class DeviceSpec:
 class DeviceProcess:
     """A running device program."""
 
-    def __init__(self, kind: str, argv: Sequence[str], log_path: Path, cwd: Path) -> None:
+    def __init__(
+        self, kind: str, argv: Sequence[str], log_path: Path, cwd: Path, nice_increment: int = 0
+    ) -> None:
         self.kind = kind
         self.log_path = log_path
         self._log: IO[str] = log_path.open("a")
@@ -145,6 +152,10 @@ class DeviceProcess:
             stderr=subprocess.STDOUT,
             cwd=cwd,
         )
+        if nice_increment:
+            with contextlib.suppress(OSError):  # it may have exited already
+                priority = os.getpriority(os.PRIO_PROCESS, self.process.pid)
+                os.setpriority(os.PRIO_PROCESS, self.process.pid, priority + nice_increment)
 
     @property
     def pid(self) -> int:
@@ -230,7 +241,8 @@ class AgentLauncher:
         ca = self.cloud.ca_path
         interval_s = overrides.interval_s or self.settings.interval_s
         queue_max = overrides.queue_max_messages or 1000
-        sensors = ", ".join(_sensor_table(text) for text in self.settings.sensors)
+        chosen = self.settings.sensors if overrides.sensors is None else overrides.sensors
+        sensors = ", ".join(_sensor_table(text) for text in chosen)
         path = self.config_path(spec)
         path.write_text(
             f"""# Written by bench/devices.py
@@ -273,7 +285,9 @@ level = "INFO"
         spec.folder.mkdir(parents=True, exist_ok=True)
         config = self.write_config(spec, overrides)
         argv = [str(self.python), "-m", "agent", "--config", str(config), "run"]
-        return DeviceProcess(self.kind, argv, spec.folder / "agent.log", spec.folder)
+        return DeviceProcess(
+            self.kind, argv, spec.folder / "agent.log", spec.folder, overrides.nice_increment
+        )
 
     def wipe_state(self, spec: DeviceSpec) -> None:
         """Remove the agent's state directory."""
@@ -328,11 +342,13 @@ class SDKLauncher:
             "--project-root",
             str(self.hal_root),
         ]
-        for sensor in self.settings.sensors:
+        for sensor in self.settings.sensors if overrides.sensors is None else overrides.sensors:
             argv += ["--sensor", sensor]
         if overrides.follow_twin_interval:
             argv.append("--follow-twin-interval")
-        return DeviceProcess(self.kind, argv, spec.folder / "sdk.log", spec.folder)
+        return DeviceProcess(
+            self.kind, argv, spec.folder / "sdk.log", spec.folder, overrides.nice_increment
+        )
 
     def wipe_state(self, spec: DeviceSpec) -> None:
         """Remove the SDK program's state file."""

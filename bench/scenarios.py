@@ -18,7 +18,11 @@ polling latency never enters a result. DPS traffic is counted by devcloud
 * :func:`reboot_storm` — ``fleet_size`` devices started at once under a DPS throttle,
   three times: first boot, warm restart (no DPS requests allowed), and restart after
   their state was wiped; per phase DPS requests, 429s, requests that ignored a
-  retry-after, and time until every device delivered a message.
+  retry-after, and time until every device delivered a message. Every device is a
+  separate process on this machine's cores, run ``STORM_NICE_INCREMENT`` nicer than the
+  harness: on a real fleet each device has its own CPU and the cloud runs elsewhere, so
+  the emulated fleet must not starve the emulated cloud (without it, devcloud's TLS
+  handshakes time out under a 200-process start on 2 cores).
 
 Every wait is bounded by a timeout from :class:`~bench.settings.BenchSettings`; every
 process is stopped (SIGTERM, then SIGKILL) before a function returns or raises.
@@ -35,9 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.cloud import BenchCloud, enqueued_epoch_s
-from bench.devices import DeviceSpec, Launcher, running, stop_all
+from bench.devices import DeviceSpec, Launcher, Overrides, running, stop_all
 from bench.settings import BenchSettings
 from devcloud.client import Telemetry
+
+#: Storm devices run this much nicer than the harness (devcloud): see _storm_phase.
+STORM_NICE_INCREMENT = 5
 
 
 class BenchError(RuntimeError):
@@ -292,7 +299,8 @@ def _storm_phase(
     phase_start = time.monotonic()
     started_at = time.time()
     low_water = _MemoryLowWater()
-    with low_water, running(launcher, specs) as processes:
+    overrides = Overrides(nice_increment=STORM_NICE_INCREMENT)
+    with low_water, running(launcher, specs, overrides) as processes:
         firsts = cloud.first_messages(names, since=since, timeout_s=settings.storm_timeout_s)
         codes = stop_all(processes)
     times = sorted(enqueued_epoch_s(m) - started_at for m in firsts.values())

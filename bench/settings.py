@@ -44,7 +44,7 @@ class BenchSettings:
     #: Devices per client in the reboot storm, and devcloud's DPS throttle during it
     #: (slot-reserving: a 429's retry-after books the device's turn).
     fleet_size: int = 200
-    storm_registrations_per_second: float = 5.0
+    storm_registrations_per_second: float = 2.0
     #: The SDK's own reconnect interval (its default is 10 s).
     sdk_connection_retry_interval_s: int = 10
     #: Mock sensors, as ``PART@BUS:0xADDR`` (the same for both clients).

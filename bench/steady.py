@@ -15,7 +15,8 @@ Theory of operation
   CPU seconds per 1,000 messages delivered (sampling, encoding, TLS, acknowledgements).
 * :func:`large_backlog` holds back the PUBACKs of a connected device (devcloud's
   ``puback_delay_s`` set to the whole fill time) while it samples every
-  ``backlog_interval_s`` into a queue bounded at the backlog size: its in-flight window
+  ``backlog_interval_s`` (with no sensors, so that a sample takes no conversion time and
+  the queue fills at that pace) into a queue bounded at the backlog size: its in-flight window
   fills and everything else waits in its queue, as behind a stalled link. Just before
   the fill ends the twin's desired ``telemetryIntervalSeconds`` is set to 3600, so
   sampling all but stops; then each PUBACK is held ``puback_delay_s`` (a simulated round
@@ -199,6 +200,7 @@ def large_backlog(
         interval_s=settings.backlog_interval_s,
         queue_max_messages=messages,
         follow_twin_interval=True,
+        sensors=(),  # a sample costs no conversion time: the queue fills at the interval
     )
     server = cloud.handle.app.hub_servers[hub]
 
