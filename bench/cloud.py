@@ -180,6 +180,7 @@ class BenchCloud:
             for device, messages in self.messages(
                 device_ids, since=since, timeout_s=timeout_s, count=1
             ).items()
+            if messages
         }
 
     def messages(

@@ -179,8 +179,13 @@ def run_benchmarks(
     clients: Sequence[str] = report.CLIENTS,
     interpreter: str = "installed",
     progress: Progress = _stderr,
+    checkpoint: Callable[[dict[str, Any]], None] = lambda results: None,
 ) -> dict[str, Any]:
-    """Run the chosen benchmarks for the chosen clients; return the results document."""
+    """Run the chosen benchmarks for the chosen clients; return the results document.
+
+    ``checkpoint`` gets the document after each section, so a failure later (or Ctrl-C)
+    keeps what was measured.
+    """
     started = time.monotonic()
     python = interpreters(interpreter, clients, progress)
     results: dict[str, Any] = {
@@ -207,6 +212,7 @@ def run_benchmarks(
                 progress(f"floor: {settings.floor_repetitions} runs of 1 and 2 connections")
                 floors = floor(cloud, python.agent, workdir / "floor", settings)
                 results["floor"] = {str(n): f.as_json() for n, f in floors.items()}
+                checkpoint(results)
             if "boot" in sections:
                 boot: dict[str, list[dict[str, Any]]] = {lc.kind: [] for lc in launchers}
                 for rep in range(settings.repetitions):
@@ -217,6 +223,7 @@ def run_benchmarks(
                         cycle = boot_cycle(cloud, launcher, spec, settings)
                         boot[launcher.kind].append(cycle.as_json())
                 results["boot"] = boot
+                checkpoint(results)
             if "idle" in sections:
                 progress(
                     f"idle: {', '.join(lc.kind for lc in launchers)} side by side for"
@@ -225,6 +232,7 @@ def run_benchmarks(
                 specs = [make_spec(cloud, devices, f"idle-{lc.kind}") for lc in launchers]
                 idles = idle(cloud, launchers, specs, settings)
                 results["idle"] = {kind: [run.as_json()] for kind, run in idles.items()}
+                checkpoint(results)
             if "cpu" in sections:
                 cpu: dict[str, list[dict[str, Any]]] = {}
                 for launcher in launchers:
@@ -234,6 +242,7 @@ def run_benchmarks(
                         cpu_per_messages(cloud, launcher, spec, settings).as_json()
                     ]
                 results["cpu"] = cpu
+                checkpoint(results)
             if "backlog" in sections:
                 backlog: dict[str, list[dict[str, Any]]] = {lc.kind: [] for lc in launchers}
                 for rep in range(settings.backlog_repetitions):
@@ -248,6 +257,7 @@ def run_benchmarks(
                         drain = backlog_drain(cloud, launcher, spec, settings, outage_s)
                         backlog[launcher.kind].append(drain.as_json())
                 results["backlog"] = backlog
+                checkpoint(results)
             if "drain" in sections:
                 large: dict[str, list[dict[str, Any]]] = {}
                 for launcher in launchers:
@@ -265,6 +275,7 @@ def run_benchmarks(
                         large_backlog(cloud, launcher, spec, settings, count).as_json()
                     ]
                 results["drain"] = large
+                checkpoint(results)
     if "storm" in sections:
         storm: dict[str, dict[str, Any]] = {}
         for client in clients:
@@ -282,7 +293,8 @@ def run_benchmarks(
                 ]
                 phases = reboot_storm(cloud, launcher, specs, settings)
                 storm[client] = {name: phase.as_json() for name, phase in phases.items()}
-        results["storm"] = storm
+                results["storm"] = storm
+                checkpoint(results)
     results["meta"]["duration_s"] = round(time.monotonic() - started, 1)
     results["meta"]["load_average_end"] = load_average()
     results["summary"] = report.summarize(results)
@@ -357,9 +369,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="device-agent-bench-"))
         )
         workdir.mkdir(parents=True, exist_ok=True)
+        partial = args.out.with_suffix(".partial.json")
+
+        def checkpoint(results: dict[str, Any]) -> None:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+
         results = run_benchmarks(
-            settings, workdir, sections=args.only, clients=args.clients, interpreter=interpreter
+            settings,
+            workdir,
+            sections=args.only,
+            clients=args.clients,
+            interpreter=interpreter,
+            checkpoint=checkpoint,
         )
+        partial.unlink(missing_ok=True)
     results["meta"]["mode"] = ("quick" if args.quick else "full") + (
         f" (changed: {', '.join(f'{k}={v}' for k, v in changes.items())})" if changes else ""
     )
