@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -86,12 +85,13 @@ class I2CSensor:
     def __init__(
         self,
         bus: I2CBus,
-        address: int | None = None,
+        address: int | None,
         *,
-        name: str = "",
-        sleep: Sleep = time.sleep,
-        monotonic: Monotonic = time.monotonic,
+        name: str,
+        sleep: Sleep,
+        monotonic: Monotonic,
     ) -> None:
+        """What every driver takes; the drivers' own constructors give the defaults."""
         address = self.ADDRESSES[0] if address is None else check_address(address)
         if address not in self.ADDRESSES:
             allowed = ", ".join(f"0x{a:02x}" for a in self.ADDRESSES)

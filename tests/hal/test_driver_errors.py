@@ -30,7 +30,7 @@ from hal.exc import (
     SensorError,
 )
 from hal.sim.board import Board
-from hal.sim.bosch import BME280_CALIBRATION, SimBME280
+from hal.sim.bosch import BME280_CALIBRATION, SimBME280, SimBMP280
 from hal.sim.clock import ManualClock
 from hal.sim.sensirion import SimSHT3x, SimSHT4x
 from hal.sim.tmp102 import SimTMP102
@@ -98,6 +98,8 @@ def test_a_bosch_chip_whose_nvm_copy_never_ends_times_out_at_set_up(
     # 2 ms start-up, then four polls 0.5 ms apart (the minimum step).
     assert info.value.waited_s == pytest.approx(0.004)
     assert info.value.sensor == "porch"
+    status_reads = [t for t in board.log if t.kind == "write" and t.data == b"\xf3"]
+    assert len(status_reads) == 5  # the first poll and four more
     assert clock.sleeps[-5:] == [0.002, 0.0005, 0.0005, 0.0005, 0.0005]
 
 
@@ -288,3 +290,49 @@ def test_tmp102_timeout_names_the_sensor(board: Board, clock: ManualClock) -> No
     assert info.value.sensor == "shed"
     assert clock.sleeps == [0.035, 0.0035, 0.0035, 0.0035, 0.0035]
     assert info.value.waited_s == pytest.approx(0.049)
+
+
+def test_a_bmp280_where_a_bme280_sits_names_every_id_it_accepts(
+    board: Board, clock: ManualClock
+) -> None:
+    with pytest.raises(ChipIdMismatch) as info:
+        BMP280(board.bus(1), 0x76, sleep=clock.sleep, monotonic=clock.monotonic).setup()
+    assert (info.value.expected, info.value.found) == ((0x58, 0x56, 0x57), 0x60)
+    assert str(info.value).endswith("chip id 0x60, expected 0x58 or 0x56 or 0x57")
+
+
+@pytest.mark.parametrize(
+    ("cls", "address", "humidity"), [(BME280, 0x76, True), (BMP280, 0x77, False)]
+)
+def test_set_up_reads_the_calibration_blocks_the_part_has(
+    cls: type[BME280] | type[BMP280], address: int, humidity: bool, board: Board, clock: ManualClock
+) -> None:
+    board.log.clear()
+    cls(board.bus(1), address, sleep=clock.sleep, monotonic=clock.monotonic).setup()
+    pointers = [t.data for t in board.log if t.kind == "write" and len(t.data) == 1]
+    assert (b"\x88" in pointers, b"\xe1" in pointers) == (True, humidity)
+    reads = [len(t.data) for t in board.log if t.kind == "read"]
+    assert (26 in reads, 7 in reads) == (True, humidity)
+
+
+@pytest.mark.parametrize(("cls", "address"), [(BME280, 0x76), (BMP280, 0x77)])
+def test_all_twenty_bits_of_temperature_and_pressure_are_used(
+    cls: type[BME280] | type[BMP280], address: int, board: Board, clock: ManualClock
+) -> None:
+    """At x16 oversampling the chip fills the XLSB nibbles: the driver must use them."""
+    from hal.drivers.bosch import compensate_pressure, compensate_temperature
+
+    sensor = cls(
+        board.bus(1), address, sleep=clock.sleep, monotonic=clock.monotonic,
+        oversampling_t=16, oversampling_p=16,
+    )  # fmt: skip
+    reading = sensor.read()
+    chip = board.chip(1, address)
+    assert isinstance(chip, SimBME280 | SimBMP280)
+    regs = chip.regs
+    adc_p = (regs[0xF7] << 12) | (regs[0xF8] << 4) | (regs[0xF9] >> 4)
+    adc_t = (regs[0xFA] << 12) | (regs[0xFB] << 4) | (regs[0xFC] >> 4)
+    assert adc_p & 0xF and adc_t & 0xF  # the low nibbles carry data here
+    t_fine, centi_c = compensate_temperature(chip.calibration, adc_t)
+    assert reading["temperature_c"] == centi_c / 100
+    assert reading["pressure_hpa"] == compensate_pressure(chip.calibration, adc_p, t_fine) / 25600
