@@ -12,6 +12,7 @@ daemon closes the connection and tells the lifecycle.
 
     CONNECTING --DpsConnected--> SUBSCRIBING --DpsSubscribed--> REGISTERING
     REGISTERING/POLLING --202 or 200 "assigning"--> WAITING --timer--> POLLING
+        (after retry-after; when it is absent or under 1 s, the default poll interval)
     any --429--> WAITING (retry-after, else capped full jitter) --timer--> resend
     any --200 "assigned"--> DONE (Assigned)
     any --200 "failed"/"disabled", 401/403/404--> DONE (Failed, rejected=True)
@@ -49,6 +50,8 @@ TIMEOUT_TIMER = "dps.timeout"
 REJECTION_STATUSES = frozenset({401, 403, 404})
 #: A 408-like status for a request DPS never answered.
 NO_RESPONSE_STATUS = 408
+#: The shortest ``retry-after`` honoured while DPS is assigning (see ``_on_message``).
+MIN_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -306,7 +309,12 @@ class Registration:
                 return self._fail(ProtocolError("DPS: 'assigning' without an operationId"))
             self.operation_id = response.operation_id
             delay = response.retry_after_s
-            return self._wait(self.default_poll_s if delay is None else delay)
+            # retry-after 0 would have the device poll as fast as DPS answers, for as long
+            # as the assignment takes: under MIN_POLL_S, poll at the default interval
+            # instead (as Microsoft's SDKs floor it at theirs).
+            return self._wait(
+                delay if delay is not None and delay >= MIN_POLL_S else self.default_poll_s
+            )
         if status == 200:
             return self._on_final(response)
         message = response.message or f"DPS answered {status}"
