@@ -1,0 +1,212 @@
+"""Every ``raise ProtocolError`` of the wire codec, each with the input that reaches it
+and the exact message (issue #14: half of them could become ``pass`` unnoticed); and
+the values the codec gets exactly right at its edges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from agent.core import wire
+from agent.core.wire.codec import _json_any, _json_object, _optional_object, _optional_str
+from agent.errors import ProtocolError
+
+DPS = "$dps/registrations/res/"
+TWIN = "$iothub/twin/res/"
+DESIRED = "$iothub/twin/PATCH/properties/desired/"
+METHOD = "$iothub/methods/POST/"
+FW = "\uff12\uff10\uff10"  # "200" in full-width digits: str.isdigit() says yes
+
+
+def dps(query: str, body: bytes) -> object:
+    return wire.parse_dps_response(f"{DPS}{query}", body)
+
+
+CASES: list[tuple[str, Callable[[], object], str]] = [
+    # DPS responses
+    ("dps topic", lambda: wire.parse_dps_response("$dps/other/200/?$rid=1", b""),
+     "DPS response: unexpected topic '$dps/other/200/?$rid=1'"),
+    ("dps no query", lambda: wire.parse_dps_response(f"{DPS}200", b""),
+     f"DPS response: topic '{DPS}200' has no '/?' query part"),
+    ("dps bad query", lambda: wire.parse_dps_response(f"{DPS}200/?a", b""),
+     f"DPS response: malformed query in topic '{DPS}200/?a'"),
+    ("dps status", lambda: wire.parse_dps_response(f"{DPS}20x/?$rid=1", b""),
+     f"DPS response: status '20x' in topic '{DPS}20x/?$rid=1' is not a 3-digit number"),
+    ("dps 4-digit", lambda: wire.parse_dps_response(f"{DPS}2000/?$rid=1", b""),
+     f"DPS response: status '2000' in topic '{DPS}2000/?$rid=1' is not a 3-digit number"),
+    ("dps non-ascii digits", lambda: wire.parse_dps_response(f"{DPS}{FW}/?$rid=1", b""),
+     f"DPS response: status '{FW}' in topic '{DPS}{FW}/?$rid=1' is not a 3-digit number"),
+    ("dps no rid", lambda: wire.parse_dps_response(f"{DPS}200/?x=1", b""),
+     f"DPS response: topic '{DPS}200/?x=1' has no $rid"),
+    ("dps empty rid", lambda: wire.parse_dps_response(f"{DPS}200/?$rid=", b""),
+     f"DPS response: topic '{DPS}200/?$rid=' has no $rid"),
+    ("dps retry-after", lambda: wire.parse_dps_response(f"{DPS}429/?$rid=1&retry-after=-1", b""),
+     f"DPS response: retry-after='-1' in topic '{DPS}429/?$rid=1&retry-after=-1' "
+     "is not a whole number"),
+    ("dps not json", lambda: wire.parse_dps_response(f"{DPS}200/?$rid=1", b"{"),
+     "DPS response: payload is not UTF-8 JSON (Expecting property name enclosed in double "
+     "quotes: line 1 column 2 (char 1))"),
+    ("dps not object", lambda: wire.parse_dps_response(f"{DPS}200/?$rid=1", b"[1]"),
+     "DPS response: payload is JSON list, expected an object"),
+    ("dps state", lambda: wire.parse_dps_response(f"{DPS}200/?$rid=1", b'{"registrationState": 1}'),
+     "DPS response: 'registrationState' is not an object"),
+    ("dps errorCode", lambda: dps("400/?$rid=1", b'{"errorCode": "x"}'),
+     "DPS response: 'errorCode' is str, not a number"),
+    ("dps errorCode bool", lambda: dps("400/?$rid=1", b'{"errorCode": true}'),
+     "DPS response: 'errorCode' is bool, not a number"),
+    ("dps state errorCode",
+     lambda: dps("200/?$rid=1", b'{"registrationState": {"errorCode": 1.5}}'),
+     "DPS response registrationState: 'errorCode' is not a number"),
+    ("dps state errorCode bool",
+     lambda: dps("200/?$rid=1", b'{"registrationState": {"errorCode": false}}'),
+     "DPS response registrationState: 'errorCode' is not a number"),
+    ("dps operationId", lambda: wire.parse_dps_response(f"{DPS}202/?$rid=1", b'{"operationId": 5}'),
+     "DPS response: 'operationId' is int, expected a string"),
+    ("dps state hub", lambda: wire.parse_dps_response(
+        f"{DPS}200/?$rid=1", b'{"registrationState": {"assignedHub": []}}'),
+     "DPS response registrationState: 'assignedHub' is list, expected a string"),
+    # twin responses and documents
+    ("twin topic", lambda: wire.parse_twin_response("$iothub/twin/x/200/?$rid=1", b""),
+     "twin response: unexpected topic '$iothub/twin/x/200/?$rid=1'"),
+    ("twin status", lambda: wire.parse_twin_response(f"{TWIN}ok/?$rid=1", b""),
+     f"twin response: status 'ok' in topic '{TWIN}ok/?$rid=1' is not a 3-digit number"),
+    ("twin no rid", lambda: wire.parse_twin_response(f"{TWIN}200/?$version=1", b""),
+     f"twin response: topic '{TWIN}200/?$version=1' has no $rid"),
+    ("twin version", lambda: wire.parse_twin_response(f"{TWIN}204/?$rid=1&$version=x", b""),
+     f"twin response: $version='x' in topic '{TWIN}204/?$rid=1&$version=x' is not a whole number"),
+    ("twin body", lambda: wire.parse_twin_response(f"{TWIN}200/?$rid=1", b"\xff"),
+     "twin response: payload is not UTF-8 JSON ('utf-8' codec can't decode byte 0xff in "
+     "position 0: invalid start byte)"),
+    ("twin document", lambda: wire.parse_twin_document([]),
+     "twin document: body is list, expected an object"),
+    ("twin desired", lambda: wire.parse_twin_document({"desired": 1}),
+     "twin document: 'desired' is int, expected an object"),
+    ("twin reported", lambda: wire.parse_twin_document({"reported": "x"}),
+     "twin document: 'reported' is str, expected an object"),
+    # desired patches
+    ("desired topic", lambda: wire.parse_desired_patch("$iothub/twin/PATCH/x/?$version=1", b"{}"),
+     "desired patch: unexpected topic '$iothub/twin/PATCH/x/?$version=1'"),
+    ("desired path", lambda: wire.parse_desired_patch(f"{DESIRED}extra/?$version=1", b"{}"),
+     f"desired patch: unexpected path '/extra' in topic '{DESIRED}extra/?$version=1'"),
+    ("desired no query", lambda: wire.parse_desired_patch(DESIRED, b"{}"),
+     f"desired patch: topic '{DESIRED}' has no '/?' query part"),
+    ("desired body", lambda: wire.parse_desired_patch(f"{DESIRED}?$version=1", b"7"),
+     "desired patch: payload is JSON int, expected an object"),
+    ("desired version", lambda: wire.parse_desired_patch(f"{DESIRED}?$version=1.0", b"{}"),
+     f"desired patch: $version='1.0' in topic '{DESIRED}?$version=1.0' is not a whole number"),
+    # methods
+    ("method topic", lambda: wire.parse_method_request("$iothub/methods/GET/x/?$rid=1", b""),
+     "method request: unexpected topic '$iothub/methods/GET/x/?$rid=1'"),
+    ("method name", lambda: wire.parse_method_request(f"{METHOD}/?$rid=1", b""),
+     f"method request: bad method name '' in topic '{METHOD}/?$rid=1'"),
+    ("method nested name", lambda: wire.parse_method_request(f"{METHOD}a/b/?$rid=1", b""),
+     f"method request: bad method name 'a/b' in topic '{METHOD}a/b/?$rid=1'"),
+    ("method no rid", lambda: wire.parse_method_request(f"{METHOD}reboot/?x=1", b""),
+     f"method request: topic '{METHOD}reboot/?x=1' has no $rid"),
+    ("method response status", lambda: wire.format_method_response("1", 99, None),
+     "method response: status 99 is not a 3-digit code"),
+    ("method response status high", lambda: wire.format_method_response("1", 1000, None),
+     "method response: status 1000 is not a 3-digit code"),
+    ("method response topic",
+     lambda: wire.parse_method_response("$iothub/methods/req/200/?$rid=1", b""),
+     "method response: unexpected topic '$iothub/methods/req/200/?$rid=1'"),
+    # telemetry and property bags
+    ("bag empty name", lambda: wire.encode_property_bag({"": "x"}),
+     "property bag: empty property name"),
+    ("bag value", lambda: wire.encode_property_bag({"k": 1}),  # type: ignore[dict-item]
+     "property bag: value of 'k' is not a string"),
+    ("bag malformed", lambda: wire.decode_property_bag("a=1&&b"),
+     "property bag 'a=1&&b' is malformed"),
+    ("telemetry id", lambda: wire.format_telemetry("a/b", b"{}", {}),
+     "telemetry: device id 'a/b' cannot appear in a topic"),
+    ("telemetry id empty", lambda: wire.format_telemetry("", b"{}", {}),
+     "telemetry: device id '' cannot appear in a topic"),
+    ("telemetry id plus", lambda: wire.format_telemetry("a+", b"{}", {}),
+     "telemetry: device id 'a+' cannot appear in a topic"),
+    ("telemetry id hash", lambda: wire.format_telemetry("a#", b"{}", {}),
+     "telemetry: device id 'a#' cannot appear in a topic"),
+    ("telemetry size", lambda: wire.format_telemetry("d", b"x" * (wire.MAX_MESSAGE_BYTES + 1), {}),
+     f"telemetry: body of {wire.MAX_MESSAGE_BYTES + 1} bytes exceeds {wire.MAX_MESSAGE_BYTES}"),
+    ("c2d topic", lambda: wire.parse_c2d("devices/d/messages/events/", b""),
+     "devicebound message: unexpected topic 'devices/d/messages/events/'"),
+    ("c2d short", lambda: wire.parse_c2d("devices/d/messages/devicebound", b""),
+     "devicebound message: unexpected topic 'devices/d/messages/devicebound'"),
+    ("c2d prefix", lambda: wire.parse_c2d("device/d/messages/devicebound/", b""),
+     "devicebound message: unexpected topic 'device/d/messages/devicebound/'"),
+    ("c2d messages", lambda: wire.parse_c2d("devices/d/message/devicebound/", b""),
+     "devicebound message: unexpected topic 'devices/d/message/devicebound/'"),
+    ("c2d empty id", lambda: wire.parse_c2d("devices//messages/devicebound/", b""),
+     "devicebound message: empty device id in topic 'devices//messages/devicebound/'"),
+    ("telemetry topic", lambda: wire.parse_telemetry("devices/d/messages/devicebound/", b""),
+     "events message: unexpected topic 'devices/d/messages/devicebound/'"),
+    ("hub topic", lambda: wire.parse_hub_message("elsewhere", b""),
+     "hub message on unexpected topic 'elsewhere'"),
+    ("encode nan", lambda: wire.encode_json(float("nan")),
+     "cannot encode as JSON: Out of range float values are not JSON compliant"),
+    ("encode object", lambda: wire.encode_json(object()),
+     "cannot encode as JSON: Object of type object is not JSON serializable"),
+    # helpers
+    ("json any", lambda: _json_any(b"{", "x"),
+     "x: payload is not UTF-8 JSON (Expecting property name enclosed in double quotes: "
+     "line 1 column 2 (char 1))"),
+    ("json deep", lambda: _json_object(b"[" * 100_000 + b"]" * 100_000, "x"),
+     "x: payload is not UTF-8 JSON (maximum recursion depth exceeded..."),
+    ("optional str", lambda: _optional_str({"k": 1}, "k", "x"), "x: 'k' is int, expected a string"),
+    ("optional object", lambda: _optional_object({"k": []}, "k", "x"),
+     "x: 'k' is list, expected an object"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("label", "call", "message"), CASES, ids=[c[0] for c in CASES])
+def test_each_protocol_error(label: str, call: Callable[[], object], message: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        call()
+    if message.endswith("..."):  # the rest is the json module's own wording
+        assert str(info.value).startswith(message[:-3])
+    else:
+        assert str(info.value) == message
+
+
+def test_a_method_request_with_a_bad_payload_still_names_the_call() -> None:
+    with pytest.raises(wire.MalformedMethodPayload) as info:
+        wire.parse_method_request(f"{METHOD}reboot/?$rid=9", b"{")
+    assert (info.value.name, info.value.rid) == ("reboot", "9")
+    assert info.value.problem.startswith("method request: payload is not UTF-8 JSON")
+    assert str(info.value) == info.value.problem
+
+
+def test_the_edges_that_are_accepted() -> None:
+    ok = wire.parse_dps_response(f"{DPS}202/?$rid=1&retry-after=0", b"  ")
+    assert (ok.status, ok.rid, ok.retry_after_s, ok.registration_state) == (202, "1", 0.0, None)
+    blank = wire.parse_dps_response(f"{DPS}200/?$rid=1&retry-after=", b"")
+    assert blank.retry_after_s is None
+    assert wire.parse_dps_response(f"{DPS}200/?$rid=1", b"").operation_id is None
+    assert wire.format_method_response("r", 100, None)[0] == "$iothub/methods/res/100/?$rid=r"
+    assert wire.format_method_response("r", 999, None)[0] == "$iothub/methods/res/999/?$rid=r"
+    assert wire.parse_twin_response(f"{TWIN}204/?$rid=2", b"").body is None
+    assert wire.parse_twin_response(f"{TWIN}200/?$rid=2", b" \n").body is None
+    assert wire.parse_twin_document({}).desired == {}
+    assert wire.decode_property_bag("") == {}
+    assert wire.decode_property_bag("a=&b=2") == {"a": "", "b": "2"}
+    body = b"x" * wire.MAX_MESSAGE_BYTES
+    assert wire.format_telemetry("d", body, {})[1] == body  # exactly the limit is fine
+
+
+def test_desired_version_from_the_topic_or_else_the_body() -> None:
+    from_topic = wire.parse_desired_patch(f"{DESIRED}?$version=7", b'{"$version": 3}')
+    assert from_topic.version == 7
+    from_body = wire.parse_desired_patch(f"{DESIRED}?x=1", b'{"$version": 3}')
+    assert from_body.version == 3
+    assert wire.parse_desired_patch(f"{DESIRED}?", b'{"$version": true}').version is None
+    document = wire.parse_twin_document({"desired": {"$version": False}})
+    assert document.desired_version is None
+    assert wire.parse_twin_document({"desired": {"$version": 0}}).desired_version == 0
+
+
+def test_the_hub_message_dispatch() -> None:
+    assert isinstance(wire.parse_hub_message(f"{TWIN}200/?$rid=1", b"{}"), wire.TwinResponse)
+    assert isinstance(wire.parse_hub_message(f"{DESIRED}?$version=1", b"{}"), wire.DesiredPatch)
+    assert isinstance(wire.parse_hub_message(f"{METHOD}m/?$rid=1", b""), wire.MethodRequest)
+    c2d = wire.parse_hub_message("devices/d/messages/devicebound/a=1", b"hi")
+    assert c2d == wire.DeviceMessage("d", {"a": "1"}, b"hi")
