@@ -4,8 +4,9 @@ Without mutant names this is a fresh full run (``mutants/`` is removed first, so
 result of an earlier run is reused); with names (fnmatch patterns such as
 ``'hal.drivers.bosch*'``) only those mutants are run again and the report covers what
 has results. mutmut's own output goes to ``mutants/run.log``; the run is niced so a
-shared machine stays usable. The exit status is the report's: 1 when a module is below
-the target or mutants went unchecked.
+shared machine stays usable, and property tests use the ``mutation`` hypothesis profile
+(``tests/conftest.py``: 20 derandomized examples, no deadline). The exit status is the
+report's: 1 when a module is below the target or mutants went unchecked.
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = mutants_dir / "run.log"
     with log.open("wb") as out:
         status = subprocess.run(
-            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_nice, check=False
+            command,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_nice,
+            env={**os.environ, "HYPOTHESIS_PROFILE": "mutation"},
+            check=False,
         ).returncode
     if status != 0:
         sys.stdout.write(log.read_text(encoding="utf-8", errors="replace")[-3000:])

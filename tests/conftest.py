@@ -12,6 +12,32 @@ import os
 from collections.abc import Generator
 
 import pytest
+from hypothesis import settings
+
+# `make mutation` (mutation/run.py) sets HYPOTHESIS_PROFILE=mutation: each property test
+# runs a fixed, smaller set of examples with no deadline and no example database, so a
+# mutant's verdict depends neither on chance, on the slower mutated code's timing, nor
+# on what an earlier mutant's run left behind.
+settings.register_profile(
+    "mutation", max_examples=20, deadline=None, derandomize=True, database=None
+)
+MUTATION_RUN = os.environ.get("HYPOTHESIS_PROFILE") == "mutation"
+if MUTATION_RUN:
+    settings.load_profile("mutation")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In a mutation run, tests with their own ``@settings`` get the profile's limits too."""
+    if not MUTATION_RUN:
+        return
+    profile = settings.get_profile("mutation")
+    for item in items:
+        test = getattr(item, "obj", None)
+        own = getattr(test, "_hypothesis_internal_use_settings", None)
+        if own is not None:
+            test._hypothesis_internal_use_settings = settings(  # type: ignore[union-attr]
+                own, max_examples=min(own.max_examples, profile.max_examples), deadline=None
+            )
 
 
 @pytest.hookimpl(hookwrapper=True)
