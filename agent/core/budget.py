@@ -24,6 +24,11 @@ class ReprovisionBudget:
     window_s: float
     attempts: tuple[float, ...] = ()
 
+    def __post_init__(self) -> None:
+        # With no registration allowed at all, next_allowed_at would have no answer.
+        if self.limit < 1:
+            raise ValueError(f"a reprovisioning budget needs limit >= 1, got {self.limit}")
+
     def pruned(self, now_s: float) -> ReprovisionBudget:
         """Drop attempts outside the window; clamp future ones (clock went back) to now."""
         kept = sorted(
@@ -31,7 +36,7 @@ class ReprovisionBudget:
             for t in self.attempts
             if t > now_s - self.window_s
         )
-        return ReprovisionBudget(self.limit, self.window_s, tuple(kept[-max(self.limit, 0) :]))
+        return ReprovisionBudget(self.limit, self.window_s, tuple(kept[-self.limit :]))
 
     def allows(self, now_s: float) -> bool:
         """Whether a registration may start now."""
