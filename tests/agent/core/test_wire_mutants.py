@@ -210,3 +210,89 @@ def test_the_hub_message_dispatch() -> None:
     assert isinstance(wire.parse_hub_message(f"{METHOD}m/?$rid=1", b""), wire.MethodRequest)
     c2d = wire.parse_hub_message("devices/d/messages/devicebound/a=1", b"hi")
     assert c2d == wire.DeviceMessage("d", {"a": "1"}, b"hi")
+
+
+def test_request_ids_are_escaped_completely_in_every_topic() -> None:
+    rid = "a/b c"
+    assert wire.format_dps_register(rid, "dev", None)[0].endswith("?$rid=a%2Fb%20c")
+    assert wire.format_twin_get(rid)[0] == "$iothub/twin/GET/?$rid=a%2Fb%20c"
+    assert wire.format_twin_patch_reported(rid, {})[0].endswith("/reported/?$rid=a%2Fb%20c")
+    assert wire.format_method_request("m", rid, None)[0] == f"{METHOD}m/?$rid=a%2Fb%20c"
+    assert (
+        wire.format_method_response(rid, 200, None)[0] == "$iothub/methods/res/200/?$rid=a%2Fb%20c"
+    )
+    topic = wire.format_dps_poll("1/2", "op/3 4")[0]
+    assert (
+        topic
+        == "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1%2F2&operationId=op%2F3%204"
+    )
+
+
+def test_the_register_body_and_a_full_registration_state() -> None:
+    _, body = wire.format_dps_register("1", "dev-1", {"k": "v"})
+    assert body == b'{"registrationId":"dev-1","payload":{"k":"v"}}'
+    assert (
+        wire.format_dps_register("1", "dev-1", {})[1]
+        == b'{"registrationId":"dev-1","payload":null}'
+    )
+    state = {
+        "registrationId": "dev-1", "status": "assigned", "assignedHub": "h", "deviceId": "d",
+        "substatus": "initialAssignment", "etag": "e", "createdDateTimeUtc": "c",
+        "lastUpdatedDateTimeUtc": "l", "payload": [1], "errorCode": 400207, "errorMessage": "m",
+    }  # fmt: skip
+    response = wire.parse_dps_response(
+        f"{DPS}200/?$rid=1",
+        wire.encode_json(
+            {"status": "assigned", "registrationState": state, "errorCode": 5, "message": "x"}
+        ),
+    )
+    assert response.registration_state == wire.RegistrationState(
+        "dev-1", "assigned", "h", "d", "initialAssignment", "e", "c", "l", [1], 400207, "m"
+    )
+    assert (response.operation_status, response.error_code, response.message) == (
+        "assigned",
+        5,
+        "x",
+    )
+
+
+@pytest.mark.parametrize(
+    "key", ["registrationId", "status", "deviceId", "substatus", "etag", "createdDateTimeUtc",
+            "lastUpdatedDateTimeUtc", "errorMessage"],
+)  # fmt: skip
+def test_each_registration_state_string_is_checked(key: str) -> None:
+    body = wire.encode_json({"registrationState": {key: 1}})
+    with pytest.raises(ProtocolError) as info:
+        wire.parse_dps_response(f"{DPS}200/?$rid=1", body)
+    assert str(info.value) == f"DPS response registrationState: {key!r} is int, expected a string"
+
+
+def test_format_dps_response_round_trips() -> None:
+    topic, body = wire.format_dps_response(429, "7", None, retry_after_s=3)
+    assert (topic, body) == (f"{DPS}429/?$rid=7&retry-after=3", b"")
+    assert wire.format_dps_response(200, "7", {"a": 1}) == (f"{DPS}200/?$rid=7", b'{"a":1}')
+
+
+def test_property_bags_escape_everything_and_keep_slashes_in_c2d_topics() -> None:
+    bag = wire.encode_property_bag({"$.ct": "application/json", "a b": "c d"})
+    assert bag == "%24.ct=application%2Fjson&a%20b=c%20d"
+    assert wire.decode_property_bag(bag) == {"$.ct": "application/json", "a b": "c d"}
+    c2d = wire.parse_c2d("devices/d/messages/devicebound/to=/x/y&n=1", b"body")
+    assert c2d == wire.DeviceMessage("d", {"to": "/x/y", "n": "1"}, b"body")
+    assert wire.parse_telemetry("devices/d/messages/events/", b"t").body == b"t"
+
+
+def test_twin_response_formatting() -> None:
+    assert wire.format_twin_response(200, "1", None) == (f"{TWIN}200/?$rid=1", b"")
+    assert wire.format_twin_response(200, "1", {}, version=3) == (
+        f"{TWIN}200/?$rid=1&$version=3",
+        b"{}",
+    )
+    response = wire.parse_twin_response(f"{TWIN}200/?$rid=1&$version=3", b'{"a": 1}')
+    assert response == wire.TwinResponse(200, "1", 3, {"a": 1})
+    assert wire.parse_twin_document({"desired": {"$version": "7"}}).desired_version is None
+
+
+def test_method_response_parsing() -> None:
+    response = wire.parse_method_response("$iothub/methods/res/404/?$rid=4", b'{"m": 1}')
+    assert response == wire.MethodResponse(404, "4", {"m": 1})
