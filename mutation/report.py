@@ -232,6 +232,12 @@ def _mutmut_diff(mutant: str, path: str) -> str:
     return str(get_diff_for_mutant(mutant, path=path))
 
 
+def _excluded_patterns() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns: list[str] = config.get("tool", {}).get("mutmut", {}).get("do_not_mutate_patterns", [])
+    return patterns
+
+
 def _git(*args: str) -> str:
     try:
         return subprocess.run(
@@ -271,6 +277,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Score = killed / (mutants - equivalent); killed includes timeouts. "
         f"Target: ≥ {args.min_score:g} % per module. Regenerate with `make mutation`.",
     ]
+    excluded = _excluded_patterns()
+    if excluded:
+        header.append(
+            "Lines not mutated (`do_not_mutate_patterns` in pyproject.toml, with the reason "
+            "there): " + ", ".join(f"`{p}`" for p in excluded) + "."
+        )
     stale = [e for i, e in enumerate(equivalents) if i not in used]
     text = render(modules, stale, header=header, min_score=args.min_score)
     args.out.write_text(text, encoding="utf-8")
