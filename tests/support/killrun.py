@@ -428,6 +428,13 @@ def sqlite_buffer_snapshot(state_dir: Path) -> set[Key] | None:
     for path in files:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
+            connection.execute("SELECT 1 FROM sqlite_master").fetchall()
+        except sqlite3.OperationalError:
+            # A read-only connection could not rebuild the WAL index: read it as the next
+            # boot will (this may checkpoint the WAL; the data stays the same).
+            connection.close()
+            connection = sqlite3.connect(path, timeout=5)
+        try:
             tables = [
                 row[0]
                 for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
