@@ -119,6 +119,7 @@ class KillReport:
     lost_examples: tuple[Key, ...]
     problems: tuple[str, ...]
     seconds: float
+    finish_s: float
 
     @property
     def duplicate_bound(self) -> int:
@@ -135,7 +136,8 @@ class KillReport:
         """One line for a failure message and the README figures."""
         return (
             f"{self.trials} SIGKILLs ({self.kills_early} early, {self.kills_connected} "
-            f"connected) over {self.devices} devices in {self.seconds:.0f} s: "
+            f"connected) over {self.devices} devices in {self.seconds:.0f} s "
+            f"({self.finish_s:.0f} s of it the final drain): "
             f"{self.outages} hub outages; {self.received} messages received, "
             f"{self.distinct} distinct, {self.duplicates} duplicates "
             f"({self.duplicates_from_buffer} re-sent from the buffer, {self.other_duplicates} "
@@ -211,6 +213,8 @@ class KillRun:
             self.slots.append(Slot(device_id, base / "agent.toml", base / "state", base / "log"))
         self.trials = 0
         self.started = time.monotonic()
+        #: How long :meth:`finish` took (drain and clean stop).
+        self.finish_s = 0.0
 
     # -- processes ----------------------------------------------------------------------
 
@@ -316,6 +320,7 @@ class KillRun:
 
     def finish(self, *, drain_timeout_s: float = 60.0) -> None:
         """Run every device once more until devcloud has every buffered message; SIGTERM."""
+        finish_started = time.monotonic()
         if self._hub_down:
             for proxy in self.hub_proxies:
                 proxy.forward()
@@ -344,6 +349,7 @@ class KillRun:
                 slot.problems.append(f"{slot.device_id}: exit {code} after SIGTERM")
             slot.proc = None
             self._audit_files_only(slot)
+        self.finish_s = time.monotonic() - finish_started
 
     def _audit_files_only(self, slot: Slot) -> None:
         snapshot, self.snapshot = self.snapshot, None
@@ -402,6 +408,7 @@ class KillRun:
             lost_examples=tuple(lost[:5]),
             problems=tuple(p for s in self.slots for p in s.problems),
             seconds=time.monotonic() - self.started,
+            finish_s=self.finish_s,
         )
 
     def log_tails(self, chars: int = 1500) -> str:
