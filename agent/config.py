@@ -43,6 +43,7 @@ from hal.sensor import SensorSpec
 __all__ = [
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_PATH",
+    "DEFAULT_IMPORT_DIR",
     "AgentConfig",
     "DpsConfig",
     "HalConfig",
@@ -59,6 +60,8 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = Path("/etc/device-agent/agent.toml")
 CONFIG_ENV_VAR = "DEVICE_AGENT_CONFIG"
+#: Where a first-boot identity is looked for when ``identity.import_dir`` is not set.
+DEFAULT_IMPORT_DIR = Path("/boot/firmware/device-agent")
 
 TransportKind = Literal["mqtt", "websockets"]
 HalBackend = Literal["smbus", "mock"]
@@ -99,6 +102,11 @@ class IdentityConfig:
     #: ``None``: ``operational.pem`` / ``operational.key`` beside the certificate.
     operational_cert_path: Path | None = None
     operational_key_path: Path | None = None
+
+    #: Where a first-boot identity may be dropped (the boot partition): the files named
+    #: like ``cert_chain_path``, ``key_path`` and ``key_passphrase_file`` are moved from
+    #: here to those paths by ``device-agent import-identity`` (device-agent-import.service).
+    import_dir: Path = DEFAULT_IMPORT_DIR
 
     @property
     def operational_cert(self) -> Path:
@@ -302,6 +310,7 @@ def _identity(t: _Table, base: Path) -> IdentityConfig:
         issuance=cast(Literal["none", "dps"], t.choice("issuance", ("none", "dps"), "none")),
         operational_cert_path=t.optional_path("operational_cert_path", base),
         operational_key_path=t.optional_path("operational_key_path", base),
+        import_dir=t.optional_path("import_dir", base) or DEFAULT_IMPORT_DIR,
     )
     if keystore == "tpm" and config.key_passphrase_file is not None:
         raise t.error("key_passphrase_file", "a TPM key has no passphrase file")

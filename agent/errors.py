@@ -58,7 +58,15 @@ class KeyPermissionError(KeystoreError, PermissionError):
     """The private key file is readable by group or others."""
 
 
-class CertificateInvalidError(KeystoreError, ValueError):
+class IdentityUnavailableError(KeystoreError):
+    """The identity cannot be used *now* but may be later: the daemon waits, never exits 78.
+
+    The running agent stays up in IDENTITY_WAIT and re-checks (on a timer and whenever the
+    identity files change); one-shot commands (``provision``, ``check``) still fail.
+    """
+
+
+class CertificateInvalidError(IdentityUnavailableError, ValueError):
     """Expired, not yet valid, key mismatch, or a chain that does not build."""
 
 
@@ -79,6 +87,16 @@ class TpmUnavailableError(TpmError, ConnectionError):
 
 class ForeignTpmKeyError(TpmError):
     """The key blob was made by another TPM (TPM_RC_INTEGRITY on load)."""
+
+
+class IdentityMissingError(IdentityUnavailableError, FileNotFoundError):
+    """No identity yet: the certificate chain or the key file is not there (first boot).
+
+    A device booted from a golden image has none until one is dropped in (in
+    ``/etc/device-agent`` or on the boot partition, see ``identity.import_dir``). A
+    keystore that makes its own key and a CSR (the TPM flow) raises
+    :class:`IdentityPendingError` instead while it waits for the certificate.
+    """
 
 
 class StateError(AgentError, ValueError):

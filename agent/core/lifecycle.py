@@ -191,9 +191,14 @@ class Stop:
 
 @dataclass(frozen=True)
 class IdentityInvalid:
-    """The certificate cannot be used now (validity, key mismatch, chain); says why."""
+    """The certificate cannot be used now (validity, key mismatch, chain); says why.
+
+    ``missing``: there is no identity yet (first boot of a cloned image): ``reason``
+    says where it is waited for.
+    """
 
     reason: str
+    missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -525,6 +530,8 @@ class Lifecycle:
         self.identity_backoff = Backoff(BackoffPolicy(config.backoff_base_s, identity_cap), rng)
         #: Why the identity cannot be used (IDENTITY_WAIT), else None.
         self.identity_problem: str | None = None
+        #: IDENTITY_WAIT because there is no identity at all yet (not an unusable one).
+        self.identity_missing = False
 
     # -- public ---------------------------------------------------------------------------
 
@@ -568,6 +575,8 @@ class Lifecycle:
                     f"reprovisioning budget spent ({self.config.reprovision_budget} per "
                     f"{self.config.reprovision_window_s:g} s); waiting until {utc_iso(at)}"
                 )
+            case State.IDENTITY_WAIT if self.identity_missing:
+                return f"{self.identity_problem}; provisioning as soon as it is there"
             case State.IDENTITY_WAIT:
                 return (
                     f"device certificate unusable: {self.identity_problem}; "
@@ -720,6 +729,7 @@ class Lifecycle:
         assert isinstance(event, IdentityInvalid)
         changed = event.reason != self.identity_problem
         self.identity_problem = event.reason
+        self.identity_missing = event.missing
         self.last_error = event.reason
         if self.state is State.IDENTITY_WAIT:
             # A re-check failed again (the timer is already running): say so if it is news.
@@ -737,6 +747,7 @@ class Lifecycle:
     def _identity_loaded(self, event: Event) -> list[AnyAction]:
         assert isinstance(event, IdentityLoaded)
         self.identity_problem = None
+        self.identity_missing = False
         self.last_error = None
         self.hub_rejected = False
         self.outage_started = None

@@ -28,6 +28,7 @@ from agent.config import IdentityConfig
 from agent.errors import (
     CertificateInvalidError,
     ForeignTpmKeyError,
+    IdentityMissingError,
     IdentityPendingError,
     KeyPermissionError,
     KeystoreError,
@@ -58,6 +59,7 @@ _ERRORS: dict[str, type[KeystoreError]] = {
     "TpmError": TpmError,
     "TpmUnavailableError": TpmUnavailableError,
     "ForeignTpmKeyError": ForeignTpmKeyError,
+    "IdentityMissingError": IdentityMissingError,
 }
 
 

@@ -39,7 +39,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.config import REGISTRATION_ID_RE, IdentityConfig
 from agent.core.clock import not_yet_valid_reason
-from agent.errors import CertificateInvalidError, KeyPermissionError, KeystoreError
+from agent.errors import (
+    CertificateInvalidError,
+    IdentityMissingError,
+    KeyPermissionError,
+    KeystoreError,
+)
 from agent.identity.keystore import Identity
 
 __all__ = ["EXPIRY_WARNING", "FileKeystore", "thumbprint"]
@@ -65,8 +70,19 @@ class FileKeystore:
         self._config_path = config_path
 
     def load(self, *, now: datetime) -> Identity:
-        """Read the files and run every check; raise a :class:`KeystoreError` leaf on failure."""
+        """Read the files and run every check; raise a :class:`KeystoreError` leaf on failure.
+
+        No certificate chain or no key file (yet) is :class:`IdentityMissingError`: a
+        device waiting for its identity, not a configuration error.
+        """
         cfg = self._config
+        for path, what in ((cfg.cert_chain_path, "certificate chain"), (cfg.key_path, "key")):
+            if not os.path.lexists(path):
+                raise IdentityMissingError(
+                    f"no such file ({what}): waiting for the device identity",
+                    path=path,
+                    fix=f"put the device's {what} there (or in the identity import folder)",
+                )
         _check_private(cfg.key_path)
         passphrase = None
         if cfg.key_passphrase_file is not None:

@@ -80,7 +80,9 @@ from agent.errors import (
     AgentError,
     CertificateInvalidError,
     ConfigError,
+    IdentityMissingError,
     IdentityPendingError,
+    IdentityUnavailableError,
     TpmError,
     TransportError,
 )
@@ -206,16 +208,21 @@ class Daemon:
         """Identity, HAL, state, lifecycle; then READY. Raises AgentError if unusable."""
         cfg = self.config
         problem: str | None = None
+        waiting: lifecycle.IdentityInvalid | None = None
         try:
             self._enrol_if_needed()
             identity: Identity | None = self._load_identity(use_cache=True)
             assert identity is not None
             self.check_tls(identity)
-        except CertificateInvalidError as exc:
-            # Not a configuration error: wait (running) until the certificate is usable
+        except IdentityUnavailableError as exc:
+            # Not a configuration error: wait (running) until there is a usable identity
             # (or, at first boot, until the certificate for our CSR is installed).
-            identity, problem = None, str(exc)
-            log.error("identity unusable, waiting for a usable certificate: %s", problem)
+            identity, waiting = None, self._identity_unavailable(exc)
+            problem = waiting.reason
+            if waiting.missing:
+                log.warning("no identity yet: %s", problem)
+            else:
+                log.error("identity unusable, waiting for a usable certificate: %s", problem)
         self.open_hardware()
         store = self.actions.store = StateStore(cfg.state.directory, None, clock=self.clock)
         try:
@@ -241,8 +248,8 @@ class Daemon:
             len(self.hardware.sensors),
             f"cached hub {cached.assignment.assigned_hub}" if cached else "no cached hub",
         )
-        if problem is not None:
-            self.actions.feed(lifecycle.IdentityInvalid(problem))
+        if waiting is not None:
+            self.actions.feed(waiting)
         else:
             reason = store.discard_reason or "first boot: no cached assignment"
             self.actions.feed(lifecycle.Boot(cached.assignment if cached else None, reason=reason))
@@ -277,6 +284,16 @@ class Daemon:
         for warning in identity.warnings:
             log.warning("identity: %s", warning)
         return identity
+
+    def _identity_unavailable(self, exc: IdentityUnavailableError) -> lifecycle.IdentityInvalid:
+        """The lifecycle event for an identity that is not usable now (or not there yet)."""
+        if not isinstance(exc, IdentityMissingError):
+            return lifecycle.IdentityInvalid(str(exc))
+        cfg = self.config.identity
+        where = f"{cfg.cert_chain_path.parent}/ or {cfg.import_dir}/"
+        return lifecycle.IdentityInvalid(
+            f"waiting for identity in {where} ({exc.path}: not there yet)", missing=True
+        )
 
     def _adopt(self, identity: Identity) -> PersistedState | None:
         """Make ``identity`` the current one; return the assignment cached for it."""
@@ -327,6 +344,9 @@ class Daemon:
             self._enrol_if_needed()
             identity = self._load_identity()
             self.check_tls(identity)
+        except IdentityUnavailableError as exc:
+            self.actions.feed(self._identity_unavailable(exc))
+            return
         except AgentError as exc:
             self.actions.feed(lifecycle.IdentityInvalid(str(exc)))
             return

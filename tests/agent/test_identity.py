@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import CertificateInvalidError, KeyPermissionError, KeystoreError
+from agent.errors import (
+    CertificateInvalidError,
+    IdentityMissingError,
+    KeyPermissionError,
+    KeystoreError,
+)
 from agent.identity.cache import files_signature
 from agent.identity.child import identity_from_json, identity_to_json, load_in_child
 from agent.identity.keystore import open_keystore
@@ -57,7 +62,12 @@ def test_child_errors_keep_their_class(pki: PKI, tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
     with pytest.raises(KeystoreError, match="no such file") as caught:
         load_in_child(config_for(issued, pki, cert_chain_path=missing), config_path=CONFIG, now=now)
-    assert type(caught.value) is KeystoreError
+    assert type(caught.value) is IdentityMissingError  # no identity yet: the daemon waits
+    with pytest.raises(KeystoreError, match="no such file") as caught:
+        load_in_child(
+            config_for(issued, pki, trust_anchor_paths=(missing,)), config_path=CONFIG, now=now
+        )
+    assert type(caught.value) is KeystoreError  # a missing trust anchor is the config's fault
     other = pki.issue_device("dev-other")
     with pytest.raises(CertificateInvalidError, match="does not belong"):
         load_in_child(config_for(issued, pki, key_path=other.key_path), config_path=CONFIG, now=now)

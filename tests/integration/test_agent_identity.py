@@ -9,6 +9,7 @@ while it waited.
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -200,4 +201,39 @@ def test_hub_connack_5_with_an_expired_certificate_waits_instead_of_going_to_dps
         clock.offset_s = 0.0
         agent.wait_state(State.CONNECTED)
         assert cloud.client.registration_attempts("dev-late") == 1
+        assert agent.stop() == 0
+
+
+def test_no_identity_yet_waits_and_provisions_once_it_is_dropped_in(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    # A clone of a golden image: config in place, no certificate or key yet.
+    device = issue_device(cloud, "dev-firstboot")
+    chain, key = device.chain_path.read_bytes(), device.key_path.read_bytes()
+    device.chain_path.unlink()
+    device.key_path.unlink()
+    state_dir = tmp_path / "state"
+    config = write_config(tmp_path / "agent.toml", cloud, device, state_dir=state_dir)
+    with AgentThread(config) as agent:
+        agent.wait_state(State.IDENTITY_WAIT)
+        status = wait_until(
+            lambda: (
+                live_status(state_dir).get("state") == "IDENTITY_WAIT" and live_status(state_dir)
+            ),
+            what="status.json in IDENTITY_WAIT",
+        )
+        description = str(status["description"])
+        assert description.startswith(f"waiting for identity in {device.chain_path.parent}/")
+        assert str(config.identity.import_dir) in description
+        assert description.endswith("provisioning as soon as it is there")
+        assert agent.exit_code is None
+        assert cloud.client.registration_attempts("dev-firstboot") == 0
+        # Dropped in as an admin would: the key first (mode 0600), then the chain.
+        fd = os.open(device.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        device.chain_path.write_bytes(chain)
+        agent.wait_state(State.CONNECTED)
+        cloud.client.wait_for_telemetry(device_id="dev-firstboot", count=1, timeout_s=10)
+        assert cloud.client.registration_attempts("dev-firstboot") == 1
         assert agent.stop() == 0
