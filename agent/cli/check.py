@@ -57,6 +57,7 @@ def run_checks(
     """Run every check in order, yielding each result as soon as it is known."""
     moment = now or datetime.now(UTC)
     yield CheckResult("config", "ok", str(config.source))
+    yield _check_readable(config)
     yield _check_clock(moment)
     if config.identity.keystore == "tpm":
         yield _check_tpm(config)
@@ -104,6 +105,52 @@ def _check_tpm(config: AgentConfig) -> CheckResult:
         f"reachable ({identity.tpm_tcti}); the key loads in it and matches the certificate; "
         "TSS2 blob, not exportable",
     )
+
+
+def files_the_service_reads(config: AgentConfig) -> list[Path]:
+    """The config and every file it names that the service reads at start."""
+    ident = config.identity
+    paths = [config.source, ident.cert_chain_path, ident.key_path, *ident.trust_anchor_paths]
+    if ident.key_passphrase_file is not None:
+        paths.append(ident.key_passphrase_file)
+    paths += [p for p in (config.dps.server_ca_path, config.hub.server_ca_path) if p is not None]
+    return list(dict.fromkeys(paths))
+
+
+def _check_readable(config: AgentConfig) -> CheckResult:
+    """Can this process (the service user, when run as root) read every file it needs?
+
+    ``cli.main`` makes a root ``check`` act as the service user first, so a root-owned
+    key fails here as it would in the service.
+    """
+    who = f"{pwd_name(os.getuid())} (uid {os.getuid()})"
+    unreadable = [
+        str(path)
+        for path in files_the_service_reads(config)
+        if os.path.lexists(path) and not os.access(path, os.R_OK)
+    ]
+    if unreadable:
+        return CheckResult(
+            "files", "fail", f"not readable by {who}: {', '.join(unreadable)} (chown/chmod them)"
+        )
+    if os.getuid() == 0:
+        return CheckResult(
+            "files",
+            "warn",
+            "checked as root: no service user found (the state directory is root's); "
+            "the service may still be unable to read what root can",
+        )
+    return CheckResult("files", "ok", f"every file the service reads is readable by {who}")
+
+
+def pwd_name(uid: int) -> str:
+    """The user name of ``uid``, or the number."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _check_clock(now: datetime) -> CheckResult:

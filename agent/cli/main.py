@@ -189,6 +189,18 @@ def _config(args: argparse.Namespace) -> AgentConfig:
     return load_config(resolve_config_path(args.config, os.environ))
 
 
+def _as_service_user(config: AgentConfig) -> None:
+    """Run as root: act as the service user from here on (files made are the service's)."""
+    from agent.store.service_user import act_as_service_user
+
+    account = act_as_service_user(config.state.directory)
+    if account is not None:
+        print(
+            f"device-agent: run as root: acting as the service user {account.describe()}",
+            file=sys.stderr,
+        )
+
+
 def _logging(args: argparse.Namespace, level: str) -> None:
     from agent.runtime.logs import setup_logging
 
@@ -209,6 +221,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _provision(args: argparse.Namespace) -> int:
     config = _config(args)
+    _as_service_user(config)
     _logging(args, config.log.level)
     from agent.runtime.daemon import provision_once
 
@@ -235,6 +248,7 @@ def _provision(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     config = _config(args)
+    _as_service_user(config)
     _logging(args, "WARNING")
     from agent.store.status import read_status
 
@@ -289,6 +303,7 @@ def _check(args: argparse.Namespace) -> int:
         results.append(CheckResult("config", "fail", str(exc)))
         _report(results, args.json, path)
         return EX_CONFIG
+    _as_service_user(config)
     for result in run_checks(
         config,
         network=not args.offline,
