@@ -11,7 +11,8 @@
 #      it: the core dependencies, plus the `systemd` extra (journald logging) when
 #      libsystemd-dev, pkg-config, a C compiler and the Python headers are there;
 #   2. /usr/bin/device-agent -> PREFIX/bin/device-agent (what the unit's ExecStart= runs);
-#   3. systemd/device-agent.service -> /etc/systemd/system/device-agent.service,
+#   3. systemd/device-agent.service -> /etc/systemd/system/device-agent.service (and
+#      the first-boot identity import, device-agent-import.service and .path, beside it),
 #      systemd/device-agent.sysusers.conf -> /etc/sysusers.d/device-agent.conf,
 #      systemd/device-agent.tmpfiles.conf -> /etc/tmpfiles.d/device-agent.conf,
 #      README.md and the example configs -> /usr/share/doc/device-agent/;
@@ -245,6 +246,9 @@ say "linked ${link} -> $prefix/bin/device-agent"
 # --- 3. systemd files and documentation ---------------------------------------------------------
 
 install -D -m 0644 -- "$SRC/systemd/$UNIT_NAME" "$unit_dir/$UNIT_NAME"
+for import_unit in device-agent-import.service device-agent-import.path; do
+    install -m 0644 -- "$SRC/systemd/$import_unit" "$unit_dir/$import_unit"
+done
 install -D -m 0644 -- "$SRC/systemd/device-agent.sysusers.conf" "$sysusers_file"
 install -D -m 0644 -- "$SRC/systemd/device-agent.tmpfiles.conf" "$tmpfiles_file"
 install -D -m 0644 -- "$SRC/README.md" "$doc_dir/README.md"

@@ -2,7 +2,8 @@
 
 Commands: ``run`` (the daemon), ``provision`` (one DPS registration, prints the
 assignment), ``status`` (cached assignment + the running daemon's live status),
-``check`` (is this device ready?), ``image-prep`` (strip state before capturing a
+``check`` (is this device ready?), ``import-identity`` (move a first-boot identity from
+the boot partition into place), ``image-prep`` (strip state before capturing a
 golden image), ``keys create|csr|install-cert|show`` (the device key and certificate,
 :mod:`agent.cli.keys`) and ``sensors scan|read`` (the HAL's own commands). With
 ``keystore = "tpm"`` the commands that may load the key re-execute themselves with
@@ -111,6 +112,12 @@ def build_parser(*, with_hal: bool = True) -> argparse.ArgumentParser:
         "--timeout", type=float, default=10.0, metavar="S", help="DPS connect timeout (10 s)"
     )
     check.set_defaults(func=_check)
+
+    import_identity = commands.add_parser(
+        "import-identity",
+        help="move an identity dropped in identity.import_dir (the boot partition) into place",
+    )
+    import_identity.set_defaults(func=_import_identity)
 
     image_prep = commands.add_parser(
         "image-prep", help="remove all state before capturing a golden image"
@@ -333,6 +340,30 @@ def _report(results: list[CheckResult], as_json: bool, path: Path) -> None:
 def _print_result(result: CheckResult) -> None:
     label = {"ok": " OK ", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}[result.status]
     print(f"[{label}] {result.name:<24} {result.detail}", flush=True)
+
+
+def _import_identity(args: argparse.Namespace) -> int:
+    config = _config(args)
+    _logging(args, "WARNING")
+    from agent.identity.importer import import_identity, left_over
+
+    source = config.identity.import_dir
+    try:
+        imported = import_identity(config.identity, state_dir=config.state.directory)
+    except OSError as exc:
+        print(f"device-agent: cannot import the identity: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    for item in imported:
+        owner = item.destination.stat()
+        print(
+            f"imported {item.source} -> {item.destination} "
+            f"(mode {item.mode:04o}, uid {owner.st_uid}{', replaced' if item.replaced else ''})"
+        )
+    for path in left_over(config.identity):
+        print(f"left {path}: not an identity file the config names", file=sys.stderr)
+    if not imported:
+        print(f"{source}: no identity to import")
+    return EX_OK
 
 
 def _image_prep(args: argparse.Namespace) -> int:

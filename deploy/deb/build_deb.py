@@ -16,7 +16,8 @@ A staged tree packed by ``dpkg-deb`` (Debian's own tool, no debhelper needed):
    device dependencies, as binary wheels for this machine's architecture. Paths that
    name the staging folder (scripts, ``pyvenv.cfg``) are rewritten to
    ``/opt/device-agent``, and all bytecode is compiled with the device's paths.
-3. **Debian's places.** ``/usr/bin/device-agent`` (a link into the venv), the unit in
+3. **Debian's places.** ``/usr/bin/device-agent`` (a link into the venv), the units
+   (the agent, the first-boot identity import and its path watch) in
    ``/lib/systemd/system``, sysusers.d and tmpfiles.d files under ``/usr/lib``, the
    config template ``/etc/device-agent/agent.toml`` (a conffile: dpkg keeps local edits
    on upgrade), the README and example configs in ``/usr/share/doc/device-agent``.
@@ -158,6 +159,8 @@ def install_files(stage: Path) -> None:
     (usr_bin / PACKAGE).symlink_to(f"{PREFIX}/bin/{PACKAGE}")
     places = [
         (REPO / "systemd/device-agent.service", "lib/systemd/system/device-agent.service"),
+        (REPO / "systemd/device-agent-import.service", "lib/systemd/system/"),
+        (REPO / "systemd/device-agent-import.path", "lib/systemd/system/"),
         (REPO / "systemd/device-agent.sysusers.conf", "usr/lib/sysusers.d/device-agent.conf"),
         (REPO / "systemd/device-agent.tmpfiles.conf", "usr/lib/tmpfiles.d/device-agent.conf"),
         (REPO / "deploy/agent.azure.toml", "etc/device-agent/agent.toml"),
@@ -169,7 +172,7 @@ def install_files(stage: Path) -> None:
         for example in sorted((REPO / "deploy").glob("agent.*.toml"))
     ]
     for source, target in places:
-        dest = stage / target
+        dest = stage / target / source.name if target.endswith("/") else stage / target
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, dest)
         dest.chmod(0o644)
