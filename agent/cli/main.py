@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main"]
 
+#: What ``image-prep --machine-id`` resets: emptied (systemd makes a new id at the next
+#: boot), and D-Bus's copy removed (Debian links it to the first).
+MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+
 #: ``status`` exit code when no daemon is running (as LSB init scripts say it).
 EX_NOT_RUNNING = 3
 
@@ -120,7 +124,14 @@ def build_parser(*, with_hal: bool = True) -> argparse.ArgumentParser:
     import_identity.set_defaults(func=_import_identity)
 
     image_prep = commands.add_parser(
-        "image-prep", help="remove all state before capturing a golden image"
+        "image-prep",
+        help="remove identity and state (and with --machine-id the machine id) before capture",
+    )
+    image_prep.add_argument(
+        "--machine-id",
+        action="store_true",
+        help="also empty /etc/machine-id (each clone makes its own at first boot): "
+        "the last step before capturing an image, as root",
     )
     image_prep.set_defaults(func=_image_prep)
 
@@ -369,6 +380,7 @@ def _import_identity(args: argparse.Namespace) -> int:
 def _image_prep(args: argparse.Namespace) -> int:
     config = _config(args)
     _logging(args, "WARNING")
+    from agent.identity.importer import identity_files
     from agent.store.status import read_status, strip_state
 
     if read_status(config.state.directory).get("running"):
@@ -378,6 +390,27 @@ def _image_prep(args: argparse.Namespace) -> int:
     for path in removed:
         print(f"removed {path}")
     print(f"{config.state.directory}: no state left ({len(removed)} file(s) removed)")
+    # The identity: where the config wants it, and any copy still waiting to be imported.
+    ident = config.identity
+    identity = [path for path, _ in identity_files(ident)]
+    identity += [ident.import_dir / path.name for path in identity]
+    try:
+        for path in identity:
+            if os.path.lexists(path):
+                path.unlink()
+                print(f"removed {path}")
+        if args.machine_id:
+            machine_id, dbus_copy = MACHINE_ID_FILES
+            if machine_id.exists() and machine_id.stat().st_size:
+                machine_id.write_bytes(b"")
+                print(f"emptied {machine_id}")
+            if os.path.lexists(dbus_copy):
+                dbus_copy.unlink()
+                print(f"removed {dbus_copy}")
+    except OSError as exc:
+        print(f"device-agent: image-prep: {exc} (run it as root)", file=sys.stderr)
+        return EX_FAILURE
+    print("no identity left" + (", no machine id" if args.machine_id else ""))
     return EX_OK
 
 

@@ -3,7 +3,7 @@
 # no identity and no state inside.
 #
 # Usage: deploy/image/build-image.sh --root DIR --deb FILE [--config FILE]
-#                                    [--add SRC:DEST]... [--boot-dir PATH]
+#                                    [--add SRC:DEST]...
 #
 # DIR is the image's root filesystem, already holding the base OS: a debootstrapped
 # Debian bookworm, or the root partition of a Raspberry Pi OS image mounted on a loop
@@ -18,14 +18,14 @@
 #   2. --config FILE becomes /etc/device-agent/agent.toml (the configuration the fleet
 #      shares: ID scope, DPS host, paths; never a device's certificate or key), and each
 #      --add SRC:DEST copies a shared file (a fleet trust anchor, a server CA) into DIR;
-#   3. makes sure the unit is enabled (systemctl --root), so every clone starts it;
-#   4. image-prep: `device-agent image-prep` in DIR removes the agent's state, and the
-#      identity files the config names (certificate chain, key, passphrase) are
-#      removed, as is the boot-partition drop folder (--boot-dir, default
-#      /boot/firmware/device-agent); /etc/machine-id is emptied (each clone makes its
-#      own at first boot: clones that share a machine id share DHCP leases and journal
-#      ids), /var/lib/dbus/machine-id and the random seed removed;
-#   5. checks the result: the unit enabled, no identity, no state, an empty machine id.
+#   3. makes sure the unit (and the identity import's path watch) is enabled
+#      (systemctl --root), so every clone starts it;
+#   4. `device-agent image-prep --machine-id` in DIR: removes the agent's state and
+#      caches, the identity files the config names (certificate chain, key, passphrase)
+#      and any copy of them in identity.import_dir, and empties /etc/machine-id (each
+#      clone makes its own at first boot: clones that share a machine id share DHCP
+#      leases and journal ids); the random seed goes too;
+#   5. checks the result: the units enabled, no identity, no state, an empty machine id.
 #      Any of those failing fails the build.
 #
 # Exit status: 0 built, 1 failed, 64 usage error.
@@ -33,11 +33,11 @@ set -euo pipefail
 
 readonly EX_USAGE=64
 readonly UNIT=device-agent.service
+readonly WATCH=device-agent-import.path
 
 root=""
 deb=""
 config=""
-boot_dir=/boot/firmware/device-agent
 adds=()
 
 say() { printf 'build-image: %s\n' "$*"; }
@@ -53,14 +53,13 @@ usage() { sed -n '2,/^set -euo pipefail$/{/^set /d;s/^# \{0,1\}//;p}' "${BASH_SO
 
 while [ "$#" -gt 0 ]; do
     case $1 in
-        --root | --deb | --config | --add | --boot-dir)
+        --root | --deb | --config | --add)
             [ "$#" -ge 2 ] && [ -n "$2" ] || usage_error "$1 needs a value"
             case $1 in
                 --root) root=$2 ;;
                 --deb) deb=$2 ;;
                 --config) config=$2 ;;
                 --add) adds+=("$2") ;;
-                --boot-dir) boot_dir=$2 ;;
             esac
             shift 2
             ;;
@@ -127,43 +126,32 @@ done
 
 # --- 3. enabled ---------------------------------------------------------------------------------
 
-systemctl --root="$root" enable "$UNIT" >/dev/null 2>&1 || die "cannot enable $UNIT in $root"
+systemctl --root="$root" enable "$UNIT" "$WATCH" >/dev/null 2>&1 ||
+    die "cannot enable $UNIT and $WATCH in $root"
 
 # --- 4. image-prep ------------------------------------------------------------------------------
 
-chroot "$root" /usr/bin/device-agent image-prep
-# The identity files the config names: no device's certificate or key goes into an image.
+# State, caches, the identity files the config names (in place, and any copy waiting in
+# identity.import_dir on the boot partition), and the machine id.
+chroot "$root" /usr/bin/device-agent image-prep --machine-id
+rm -f -- "$root/var/lib/systemd/random-seed"
+# Where the config keeps the identity, for the checks below.
 identity=$(chroot "$root" /opt/device-agent/bin/python - <<'PY'
-import tomllib
-with open("/etc/device-agent/agent.toml", "rb") as f:
-    identity = tomllib.load(f).get("identity", {})
-for key in ("cert_chain_path", "key_path", "key_passphrase_file"):
-    if isinstance(identity.get(key), str):
-        print(identity[key])
+from agent.config import load_config
+from agent.identity.importer import identity_files
+identity = load_config("/etc/device-agent/agent.toml").identity
+for path, _ in identity_files(identity):
+    print(path)
+    print(identity.import_dir / path.name)
 PY
 )
-while IFS= read -r path; do
-    [ -n "$path" ] || continue
-    case $path in /*) ;; *) path=/etc/device-agent/$path ;; esac
-    if [ -e "$root$path" ] || [ -L "$root$path" ]; then
-        rm -f -- "$root$path"
-        say "removed identity file $path"
-    fi
-done <<<"$identity"
-if [ -d "$root$boot_dir" ]; then
-    rm -rf -- "$root$boot_dir"
-    say "removed the identity drop folder $boot_dir"
-fi
-: >"$root/etc/machine-id"
-rm -f -- "$root/var/lib/dbus/machine-id" "$root/var/lib/systemd/random-seed"
-say "emptied /etc/machine-id (each clone makes its own at first boot)"
 
 # --- 5. checks ----------------------------------------------------------------------------------
 
 [ -L "$root/etc/systemd/system/multi-user.target.wants/$UNIT" ] || die "$UNIT is not enabled"
+[ -L "$root/etc/systemd/system/paths.target.wants/$WATCH" ] || die "$WATCH is not enabled"
 while IFS= read -r path; do
     [ -n "$path" ] || continue
-    case $path in /*) ;; *) path=/etc/device-agent/$path ;; esac
     [ ! -e "$root$path" ] || die "identity file $path is still in the image"
 done <<<"$identity"
 left=$(find "$root/var/lib/device-agent" -mindepth 1 -print -quit 2>/dev/null || true)

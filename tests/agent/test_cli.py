@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -235,8 +236,19 @@ def test_sensors_command_is_mounted() -> None:
     assert "BME280" in result.stdout.upper()
 
 
-def test_image_prep_strips_state(tmp_path: Path, pki: PKI, device: Issued) -> None:
-    config = write_config(tmp_path, pki, device)
+def test_image_prep_strips_state_and_identity(tmp_path: Path, pki: PKI, device: Issued) -> None:
+    # A copy of the identity, in place and (a second copy) waiting in the import folder.
+    etc, boot = tmp_path / "etc", tmp_path / "boot"
+    etc.mkdir()
+    boot.mkdir()
+    for folder in (etc, boot):
+        shutil.copy(device.chain_path, folder / "device.chain.pem")
+        shutil.copy(device.key_path, folder / "device.key")
+    (boot / "notes.txt").write_text("not an identity file\n")
+    copy = Issued(device.cert, device.cert_path, etc / "device.chain.pem", etc / "device.key")
+    config = write_config(tmp_path, pki, copy)
+    text = config.read_text().replace("[identity]\n", f'[identity]\nimport_dir = "{boot}"\n', 1)
+    config.write_text(text)
     state = tmp_path / "state"
     state.mkdir()
     (state / "state.json").write_text("{}")
@@ -246,6 +258,11 @@ def test_image_prep_strips_state(tmp_path: Path, pki: PKI, device: Issued) -> No
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in state.iterdir()) == ["keep.txt"]
     assert "2 file(s) removed" in result.stdout
+    assert list(etc.iterdir()) == []
+    assert [p.name for p in boot.iterdir()] == ["notes.txt"]
+    assert f"removed {etc / 'device.key'}" in result.stdout
+    assert "no identity left" in result.stdout
+    assert "machine id" not in result.stdout  # only with --machine-id
 
 
 @pytest.mark.usefixtures("root_logger")  # main() sets logging up in this process

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from devcloud.pki import Issued
 from tests.support import nspawn
 from tests.support.agentcloud import Cloud, running_cloud
 
@@ -105,14 +104,3 @@ def image_fixture(
         rootfs, root, deb, config=config, adds=[(cloud.pki.root_path, FLEET_CA)]
     )
     return Image(root, deb, result.stdout + result.stderr)
-
-
-def drop_identity(machine: nspawn.Machine, device: Issued) -> None:
-    """Put a device's certificate chain and key in /etc/device-agent, as an admin would.
-
-    Then ``systemd-tmpfiles --create`` gives the key to the service user (mode 0600),
-    as the README says.
-    """
-    machine.path(CHAIN).write_bytes(device.chain_path.read_bytes())
-    machine.path(KEY).write_bytes(device.key_path.read_bytes())
-    machine.run("systemd-tmpfiles", "--create", "device-agent.conf")

@@ -14,14 +14,16 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from devcloud.pki import Issued
 from tests.support import nspawn
 from tests.support.agentcloud import Cloud
 from tests.support.waiting import wait_until
-from tests.system.conftest import CHAIN, KEY, Image, drop_identity
+from tests.system.conftest import CHAIN, KEY, Image
 
 UNIT = "device-agent.service"
 CONFIG = "/etc/device-agent/agent.toml"
@@ -65,20 +67,56 @@ def timespan_s(text: str) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
+@dataclass(frozen=True)
+class Fleet:
+    """The booted clones, and each one's boot partition (a host folder bound in)."""
+
+    machines: dict[str, nspawn.Machine]
+    boots: dict[str, Path]
+
+    def __getitem__(self, name: str) -> nspawn.Machine:
+        return self.machines[name]
+
+    def values(self) -> list[nspawn.Machine]:
+        return list(self.machines.values())
+
+    def items(self) -> list[tuple[str, nspawn.Machine]]:
+        return list(self.machines.items())
+
+
+def drop_on_boot_partition(boot: Path, device: Issued) -> Path:
+    """The identity in ``boot``/device-agent/, as a user copies it onto the SD card.
+
+    On a running device the folder is filled beside its final name and renamed into
+    place, so the import (triggered by the rename) finds both files complete.
+    """
+    staging = boot / ".device-agent.new"
+    staging.mkdir()
+    shutil.copyfile(device.chain_path, staging / "device.chain.pem")
+    shutil.copyfile(device.key_path, staging / "device.key")
+    staging.rename(boot / "device-agent")
+    return boot / "device-agent"
+
+
 @pytest.fixture(name="fleet", scope="module")
 def fleet_fixture(
     image: Image, cloud: Cloud, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, nspawn.Machine]]:
-    logs = tmp_path_factory.mktemp("fleet-logs")
-    machines = {name: nspawn.Machine(name, image.root, logs) for name in CLONES}
+) -> Iterator[Fleet]:
+    work = tmp_path_factory.mktemp("fleet")
+    boots = {name: work / f"boot-{name}" for name in CLONES}
+    for boot in boots.values():
+        boot.mkdir()
+    # clone-a's identity is on its boot partition before it first boots; clone-b boots
+    # with none.
+    drop_on_boot_partition(boots["clone-a"], cloud.pki.issue_device(CLONES["clone-a"]))
+    machines = {
+        name: nspawn.Machine(name, image.root, work, [f"--bind={boots[name]}:/boot/firmware"])
+        for name in CLONES
+    }
     try:
         for machine in machines.values():
             machine.start()
-        for name, machine in machines.items():
-            drop_identity(machine, cloud.pki.issue_device(CLONES[name]))
-            # Booted without an identity, the agent exited 78 (configuration): start it.
-            machine.run("systemctl", "restart", UNIT)
-        yield machines
+        yield Fleet(machines, boots)
     finally:
         for machine in machines.values():
             machine.stop()
@@ -87,6 +125,7 @@ def fleet_fixture(
 def test_the_image_is_enabled_and_holds_no_identity_state_or_machine_id(image: Image) -> None:
     root = image.root
     assert (root / "etc/systemd/system/multi-user.target.wants" / UNIT).is_symlink()
+    assert (root / "etc/systemd/system/paths.target.wants/device-agent-import.path").is_symlink()
     assert (root / "etc/machine-id").read_bytes() == b""
     assert not (root / CHAIN.lstrip("/")).exists()
     assert not (root / KEY.lstrip("/")).exists()
@@ -94,9 +133,44 @@ def test_the_image_is_enabled_and_holds_no_identity_state_or_machine_id(image: I
     assert "image ready" in image.build_output
 
 
-def test_two_clones_provision_as_two_devices_and_send_telemetry(
-    fleet: dict[str, nspawn.Machine], cloud: Cloud
+def test_a_clone_without_identity_waits_and_provisions_once_it_is_on_the_boot_partition(
+    fleet: Fleet, cloud: Cloud
 ) -> None:
+    machine = fleet["clone-b"]
+    # No identity: not a configuration error (no 78): READY, waiting, saying where.
+    waiting = wait_active(machine, "IDENTITY_WAIT: waiting for identity in /etc/device-agent/")
+    assert "/boot/firmware/device-agent/" in waiting["StatusText"]
+    assert waiting["NRestarts"] == "0"
+    assert machine.system_state() == "running", machine.run("systemctl", "--failed").stdout
+    assert cloud.client.registration_attempts(CLONES["clone-b"]) == 0
+
+    drop = drop_on_boot_partition(fleet.boots["clone-b"], cloud.pki.issue_device(CLONES["clone-b"]))
+
+    connected = wait_active(machine)
+    assert connected["MainPID"] == waiting["MainPID"], "the agent was restarted, not woken"
+    assert list(drop.iterdir()) == [], "the copy on the boot partition was left"
+    agent_uid = machine.run("id", "-u", "device-agent").stdout.strip()
+    for path, mode in ((KEY, 0o600), (CHAIN, 0o644)):
+        info = machine.path(path).stat()
+        assert (str(info.st_uid), info.st_mode & 0o777) == (agent_uid, mode), path
+
+
+def test_an_identity_on_the_boot_partition_at_first_boot_is_imported_before_the_agent(
+    fleet: Fleet,
+) -> None:
+    machine = fleet["clone-a"]
+    shown = wait_active(machine)
+    assert shown["NRestarts"] == "0"
+    assert list((fleet.boots["clone-a"] / "device-agent").iterdir()) == []
+    journal = machine.journal("device-agent-import.service")
+    assert "imported /boot/firmware/device-agent/device.key -> /etc/device-agent/device.key" in (
+        journal
+    )
+    # Straight to DPS: the agent never waited for its identity.
+    assert "waiting for identity" not in machine.journal(UNIT)
+
+
+def test_two_clones_provision_as_two_devices_and_send_telemetry(fleet: Fleet, cloud: Cloud) -> None:
     for name, machine in fleet.items():
         wait_active(machine)
         messages = cloud.client.wait_for_telemetry(
@@ -106,11 +180,40 @@ def test_two_clones_provision_as_two_devices_and_send_telemetry(
     registrations = {r["registrationId"]: r for r in cloud.client.list_registrations()}
     assert {registrations[reg]["deviceId"] for reg in CLONES.values()} == set(CLONES.values())
     machine_ids = {m.path("/etc/machine-id").read_text().strip() for m in fleet.values()}
-    assert len(machine_ids) == len(fleet), "clones share a machine id"
+    assert len(machine_ids) == len(fleet.machines), "clones share a machine id"
     assert all(re.fullmatch(r"[0-9a-f]{32}", mid) for mid in machine_ids)
 
 
-def test_the_sandbox_exposure_is_at_most_2(fleet: dict[str, nspawn.Machine]) -> None:
+def test_root_commands_act_as_the_service_user(fleet: Fleet, cloud: Cloud) -> None:
+    machine = fleet["clone-a"]
+    wait_active(machine)
+    status = machine.run("device-agent", "status")
+    assert "acting as the service user device-agent" in status.stderr
+    assert "daemon:          running" in status.stdout
+    check = machine.run("device-agent", "check", "--offline", "--no-sensors")
+    assert "every file the service reads is readable by device-agent" in check.stdout
+    # A key root left behind (the issue: check as root passed, the service failed).
+    machine.run("chown", "root:root", KEY)
+    try:
+        refused = machine.run("device-agent", "check", "--offline", "--no-sensors", check=False)
+        assert refused.returncode == 1
+        assert "not readable by device-agent (uid" in refused.stdout
+        assert KEY in refused.stdout
+    finally:
+        machine.run("chown", "device-agent:device-agent", KEY)
+    # provision as root: the state it writes is the service's, which uses it (no new DPS).
+    machine.run("systemctl", "stop", UNIT)
+    machine.run("device-agent", "provision")
+    state = machine.path(STATE).stat()
+    agent_uid = int(machine.run("id", "-u", "device-agent").stdout)
+    assert state.st_uid == agent_uid
+    attempts = cloud.client.registration_attempts(CLONES["clone-a"])
+    machine.run("systemctl", "start", UNIT)
+    wait_active(machine)
+    assert cloud.client.registration_attempts(CLONES["clone-a"]) == attempts
+
+
+def test_the_sandbox_exposure_is_at_most_2(fleet: Fleet) -> None:
     out = fleet["clone-a"].run("systemd-analyze", "security", UNIT, "--no-pager").stdout
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
     assert match, out[-500:]
@@ -118,7 +221,7 @@ def test_the_sandbox_exposure_is_at_most_2(fleet: dict[str, nspawn.Machine]) -> 
 
 
 def test_systemctl_stop_is_clean_and_within_the_stop_timeout(
-    fleet: dict[str, nspawn.Machine],
+    fleet: Fleet,
 ) -> None:
     machine = fleet["clone-a"]
     wait_active(machine)
@@ -133,7 +236,7 @@ def test_systemctl_stop_is_clean_and_within_the_stop_timeout(
     wait_active(machine)
 
 
-def test_the_watchdog_restarts_a_sigstopped_agent(fleet: dict[str, nspawn.Machine]) -> None:
+def test_the_watchdog_restarts_a_sigstopped_agent(fleet: Fleet) -> None:
     machine = fleet["clone-a"]
     dropin = machine.path(f"/run/systemd/system/{UNIT}.d/watchdog.conf")
     dropin.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +262,7 @@ def test_the_watchdog_restarts_a_sigstopped_agent(fleet: dict[str, nspawn.Machin
 
 
 def test_apt_upgrade_to_a_newer_build_keeps_state_config_and_identity(
-    fleet: dict[str, nspawn.Machine], cloud: Cloud, image: Image, tmp_path: Path
+    fleet: Fleet, cloud: Cloud, image: Image, tmp_path: Path
 ) -> None:
     machine = fleet["clone-b"]
     registration = CLONES["clone-b"]
@@ -194,7 +297,7 @@ def test_apt_upgrade_to_a_newer_build_keeps_state_config_and_identity(
 
 
 def test_remove_keeps_config_identity_and_state_and_purge_removes_state_and_config(
-    fleet: dict[str, nspawn.Machine],
+    fleet: Fleet,
 ) -> None:
     machine = fleet["clone-b"]
     machine.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y", "remove", "device-agent")
@@ -223,9 +326,7 @@ def test_remove_keeps_config_identity_and_state_and_purge_removes_state_and_conf
     assert "kept /etc/device-agent" in purge.stdout + purge.stderr
 
 
-def test_the_image_is_unchanged_after_the_clones_ran(
-    image: Image, fleet: dict[str, nspawn.Machine]
-) -> None:
+def test_the_image_is_unchanged_after_the_clones_ran(image: Image, fleet: Fleet) -> None:
     root = image.root
     assert (root / "etc/machine-id").read_bytes() == b""
     assert not (root / KEY.lstrip("/")).exists()

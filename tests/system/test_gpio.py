@@ -96,7 +96,7 @@ def run_probe(machine: nspawn.Machine, dropin: str) -> tuple[dict[str, str], dic
     out = machine.path(PROBE_OUT)
     out.unlink(missing_ok=True)
     machine.run("systemctl", "daemon-reload")
-    machine.run("systemctl", "start", UNIT, check=False)
+    machine.run("systemctl", "restart", UNIT, check=False)  # the agent may be waiting
     shown = machine.show(UNIT, "Result", "ExecMainStatus")
     result = json.loads(out.read_text()) if out.exists() else {}
     return shown, result
