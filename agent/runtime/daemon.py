@@ -33,10 +33,12 @@ between -- not on every message: the state directory is on flash, and
 stays there rather than moving to ``$RUNTIME_DIRECTORY``).
 Threads: this one, plus at most gpiozero's LED blinker and button watcher.
 
-Failure policy here: a configuration problem at start is fatal (exit 78): a
-missing identity file, a key readable by others, server CA files that do not load.
-A certificate that cannot be used *now* (not yet valid, expired, not matching its
-key, a chain that does not build) is not: the lifecycle waits in IDENTITY_WAIT
+Failure policy here: a configuration problem at start is fatal (exit 78): a key
+readable by others, a missing trust anchor, server CA files that do not load. No
+identity yet (no certificate chain or key file: a fresh clone, see
+:class:`~agent.errors.IdentityMissingError`) and a certificate that cannot be used *now*
+(not yet valid, expired, not matching its key, a chain that does not build) are not:
+the lifecycle waits in IDENTITY_WAIT
 (READY is sent, sensors are sampled into the bounded queue, STATUS/status.json/LED
 say what is wrong and the fix) and the keystore is re-checked on the lifecycle's
 timer and whenever the identity files change (inode/size/mtime, polled every
