@@ -394,6 +394,7 @@ def _image_prep(args: argparse.Namespace) -> int:
     ident = config.identity
     identity = [path for path, _ in identity_files(ident)]
     identity += [ident.import_dir / path.name for path in identity]
+    identity.append(ident.csr_path)  # a first boot's CSR is this device's, not the image's
     try:
         for path in identity:
             if os.path.lexists(path):

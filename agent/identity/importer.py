@@ -20,9 +20,10 @@ path the config gives it:
   user can read it there, so it must not stay).
 
 Only the names the config gives are imported; anything else in the folder is left and
-reported. An identity already in place is replaced (a device given a new identity). The
-agent, waiting in IDENTITY_WAIT (``waiting for identity in ...``), notices the files
-(it polls their signature) and provisions.
+reported (except the CSR a device without a certificate writes there, ``csr_path``).
+An identity already in place is replaced (a device given a new identity). The agent,
+waiting in IDENTITY_WAIT (``waiting for identity in ...``), notices the files (it polls
+their signature) and provisions.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def import_identity(config: IdentityConfig, *, state_dir: Path) -> list[Imported
 
 def left_over(config: IdentityConfig) -> list[Path]:
     """Files in the import folder that are not identity files the config names."""
-    names = {path.name for path, _ in identity_files(config)}
+    names = {path.name for path, _ in identity_files(config)} | {config.csr_path.name}
     try:
         entries = sorted(config.import_dir.iterdir())
     except OSError:
