@@ -102,7 +102,6 @@ class IdentityConfig:
     #: ``None``: ``operational.pem`` / ``operational.key`` beside the certificate.
     operational_cert_path: Path | None = None
     operational_key_path: Path | None = None
-
     #: Where a first-boot identity may be dropped (the boot partition): the files named
     #: like ``cert_chain_path``, ``key_path`` and ``key_passphrase_file`` are moved from
     #: here to those paths by ``device-agent import-identity`` (device-agent-import.service).

@@ -394,7 +394,8 @@ def _image_prep(args: argparse.Namespace) -> int:
     ident = config.identity
     identity = [path for path, _ in identity_files(ident)]
     identity += [ident.import_dir / path.name for path in identity]
-    identity.append(ident.csr_path)  # a first boot's CSR is this device's, not the image's
+    # A first boot's CSR and a DPS-issued operational identity are this device's too.
+    identity += [ident.csr_path, ident.operational_cert, ident.operational_key]
     try:
         for path in identity:
             if os.path.lexists(path):
