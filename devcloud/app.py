@@ -81,6 +81,7 @@ class DevCloud:
 
     async def start(self) -> None:
         """Start every endpoint; on failure stop what already started and re-raise."""
+        from devcloud.activity import ChangeFeed, DeviceActivity, DpsHistory
         from devcloud.assignment import Assigner
         from devcloud.dps import DpsEndpoint, Provisioner
         from devcloud.hub import HubEndpoint
@@ -100,6 +101,13 @@ class DevCloud:
         self.registry: Registry = Registry([h.name for h in cfg.hubs], store)
         self.hub_names: HubNames = HubNames({h.name: h.public_hostname for h in cfg.hubs})
         self.telemetry: TelemetryLog = TelemetryLog()
+        # The console's doorbell: every registry write, connection, publish and DPS event.
+        self.changes = ChangeFeed()
+        self.registry.on_change = self.changes.bump
+        self.activity = DeviceActivity(self.registry.now)
+        self.activity.on_change = self.changes.bump
+        dps_history = DpsHistory(self.registry.now)
+        dps_history.on_change = self.changes.bump
         if cfg.default_group:
             try:
                 self.registry.get_group(DEFAULT_GROUP)
@@ -118,6 +126,7 @@ class DevCloud:
             throttle_reserves_slots=cfg.throttle_reserves_slots,
             is_revoked=self.pki.is_revoked,
             issuer=self.issuer,
+            history=dps_history,
         )
         self.hubs: dict[str, HubEndpoint] = {
             h.name: HubEndpoint(
@@ -128,6 +137,7 @@ class DevCloud:
                 is_revoked=self.pki.is_revoked,
                 issuer=self.issuer,
                 renewal_delay_s=cfg.assignment_delay_s,
+                activity=self.activity,
             )
             for h in cfg.hubs
         }
@@ -166,6 +176,8 @@ class DevCloud:
                 pki=self.pki,
                 describe_hubs=self.describe_hubs,
                 describe_dps=self.describe_dps,
+                activity=self.activity,
+                changes=self.changes,
             )
             self._rest = RestApi(services)
             self.rest_address = await self._rest.start(cfg.rest_host, cfg.rest_port)

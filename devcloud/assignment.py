@@ -17,7 +17,8 @@ gone), ``deviceDataMigrated`` when migrate moved it, ``deviceDataReset`` for res
 ``reprovisionedToInitialAssignment`` for never-reprovision. The device is created in the
 target hub (certificateAuthority, enabled); when it moves, it is deleted from the old hub
 (which closes its live connection there). A device that already exists in the target hub
-keeps its enabled/disabled status: DPS never re-enables what an operator disabled.
+keeps its enabled/disabled status: DPS never re-enables what an operator disabled. The
+device records the ``modelId`` of the registration payload (IoT Plug and Play), if any.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ def x509_context(chain: Sequence[x509.Certificate]) -> dict[str, Any]:
         "notBeforeUtc": leaf.not_valid_before_utc.isoformat(),
         "notAfterUtc": leaf.not_valid_after_utc.isoformat(),
     }
+
+
+def model_id_of(payload: Any) -> str | None:
+    """The Plug and Play model id a device sent in its DPS payload (``modelId``), if any."""
+    if isinstance(payload, dict):
+        model_id = payload.get("modelId")
+        if isinstance(model_id, str) and model_id:
+            return model_id
+    return None
 
 
 class Assigner:
@@ -136,10 +146,16 @@ class Assigner:
         moved = old is not None and (old.hub, old.device_id) != (target, device_id)
         if old is not None and moved:
             registry.delete_device(old.hub, old.device_id)
+        model_id = model_id_of(payload)
         if registry.device(target, device_id) is None:
-            registry.create_device(target, device_id, twin=twin, registration_id=registration_id)
-        elif moved or (old is not None and policy is ReprovisionPolicy.RESET):
-            registry.replace_twin(target, device_id, twin)
+            registry.create_device(
+                target, device_id, twin=twin, registration_id=registration_id, model_id=model_id
+            )
+        else:
+            if moved or (old is not None and policy is ReprovisionPolicy.RESET):
+                registry.replace_twin(target, device_id, twin)
+            if model_id is not None:
+                registry.set_model_id(target, device_id, model_id)
         now = registry.now()
         registration = Registration(
             registration_id=registration_id,

@@ -391,6 +391,15 @@ class DevCloudClient:
         """Forget a registration state."""
         self.request("DELETE", f"/registrations/{registration_id}")
 
+    def registration_history(self, registration_id: str) -> list[dict[str, Any]]:
+        """What DPS did with this registration id's requests since devcloud started.
+
+        Oldest first; each ``{"timeUtc", "event", "status", ...}`` with ``event`` one of
+        ``accepted`` (202), ``assigned`` (``hub``, ``substatus``), ``failed`` or
+        ``refused`` (``errorCode``, ``message``).
+        """
+        return list(self.request("GET", f"/registrations/{registration_id}/history"))
+
     # -- devices ----------------------------------------------------------------------------
 
     def list_devices(self, hub: str | None = None) -> list[dict[str, Any]]:

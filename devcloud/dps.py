@@ -51,6 +51,7 @@ from typing import Any
 
 from cryptography import x509
 
+from devcloud.activity import DpsHistory
 from devcloud.assignment import Assigner
 from devcloud.enrollment_match import RevocationCheck, leaf_accepted, match_enrollment
 from devcloud.errors import (
@@ -185,8 +186,11 @@ class Provisioner:
         rng: random.Random | None = None,
         is_revoked: RevocationCheck | None = None,
         issuer: Issuer | None = None,
+        history: DpsHistory | None = None,
     ) -> None:
         self.registry = registry
+        #: What happened to each registration id's requests (the console shows it).
+        self.history = history if history is not None else DpsHistory(registry.now)
         self.is_revoked = is_revoked
         self.issuer = issuer
         self.assigner = assigner
@@ -238,6 +242,7 @@ class Provisioner:
             status="assigning",
         )
         self._remember(operation)
+        self.history.record(registration_id, "accepted", 202, operationId=operation.operation_id)
         task = asyncio.get_running_loop().create_task(
             self._assign(operation, enrollment, request.get("payload"), list(chain), issue)
         )
@@ -281,6 +286,13 @@ class Provisioner:
             )
         except DevCloudError as exc:
             self._remember(replace(operation, status="failed", error=exc))
+            self.history.record(
+                operation.registration_id,
+                "failed",
+                exc.status,
+                errorCode=exc.error_code,
+                message=exc.message,
+            )
             return
         issued: tuple[str, ...] = ()
         if issue is not None and self.issuer is not None:
@@ -294,6 +306,14 @@ class Provisioner:
             )
             issued = tuple(b64_der(cert) for cert in certs)
         self.registry.count_assignment(operation.registration_id)
+        self.history.record(
+            operation.registration_id,
+            "assigned",
+            200,
+            hub=registration.assigned_hub,
+            deviceId=registration.device_id,
+            substatus=registration.substatus,
+        )
         self._remember(
             replace(operation, status="assigned", registration=registration, issued_chain=issued)
         )
@@ -453,6 +473,13 @@ class DpsSession:
         self.connection.publish(topic, json.dumps(body).encode(), 1)
 
     def _error(self, rid: str, error: DevCloudError) -> None:
+        self.provisioner.history.record(
+            self.registration_id,
+            "refused",
+            error.status,
+            errorCode=error.error_code,
+            message=error.message,
+        )
         body = {
             "errorCode": error.error_code,
             "trackingId": self.provisioner.tracking_id(),

@@ -39,6 +39,13 @@ class UnauthorizedError(DevCloudError, PermissionError):
     error_code = 401002
 
 
+class ForbiddenError(DevCloudError, PermissionError):
+    """The request came from somewhere it may not (another web origin)."""
+
+    status = 403
+    error_code = 403000
+
+
 class NotFoundError(DevCloudError, LookupError):
     """The named enrollment, device, twin, hub or operation does not exist."""
 
@@ -106,6 +113,7 @@ class ClientError(DevCloudError):
 BY_STATUS: dict[int, type[DevCloudError]] = {
     400: InvalidRequestError,
     401: UnauthorizedError,
+    403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
     412: PreconditionFailedError,

@@ -28,8 +28,10 @@ Any other topic, another device's id, or a message over 256 KiB raises
 as Azure does. Service-side operations (:meth:`HubEndpoint.invoke_method`,
 :meth:`HubEndpoint.send_c2d`) and registry events (device disabled or deleted → close the
 live connection; desired patch → push it) reach the device only through its own
-:class:`~devcloud.mqtt.endpoint.Connection`. Subscriptions of clean-session-0 clients
-are remembered across connections, as the server keeps them.
+:class:`~devcloud.mqtt.endpoint.Connection`. The ``model-id`` of a CONNECT username is
+recorded on the device; connections and publishes are noted in
+:class:`~devcloud.activity.DeviceActivity` (``lastActivityTime``). Subscriptions of
+clean-session-0 clients are remembered across connections, as the server keeps them.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from devcloud.activity import DeviceActivity
 from devcloud.credentials import CREDENTIALS_FILTER, ISSUE_PREFIX, RenewalService
 from devcloud.enrollment_match import RevocationCheck, leaf_accepted, thumbprint
 from devcloud.errors import (
@@ -104,6 +107,18 @@ def encode_property_bag(properties: Mapping[str, str]) -> str:
     )
 
 
+def model_id_of_username(username: str) -> str | None:
+    """The ``model-id`` a device announces in its CONNECT username (IoT Plug and Play).
+
+    ``{hostname}/{deviceId}/?api-version=2021-04-12&model-id=dtmi%3Aexample%3AThing%3B1``.
+    """
+    _, _, rest = username.partition("/")
+    _, _, rest = rest.partition("/")
+    query = rest.partition("?")[2] if "?" in rest else rest
+    model_id = dict(urllib.parse.parse_qsl(query, keep_blank_values=True)).get("model-id")
+    return model_id or None
+
+
 def _rid(topic: str) -> str:
     _, _, query = topic.partition("?")
     return dict(urllib.parse.parse_qsl(query, keep_blank_values=True)).get("$rid", "")
@@ -130,12 +145,14 @@ class HubEndpoint:
         is_revoked: RevocationCheck | None = None,
         issuer: Issuer | None = None,
         renewal_delay_s: float = 0.05,
+        activity: DeviceActivity | None = None,
     ) -> None:
         self.name = name
         self.hostname = hostname
         self.registry = registry
         self.telemetry = telemetry
         self.is_revoked = is_revoked
+        self.activity = activity if activity is not None else DeviceActivity(registry.now)
         self.sessions: dict[str, HubSession] = {}
         self._kept_subscriptions: dict[str, set[str]] = {}
         self._c2d: dict[str, deque[tuple[str, bytes]]] = {}
@@ -182,6 +199,10 @@ class HubEndpoint:
         )
         session.thumbprint = thumbprint(request.cert_chain[0])
         self.sessions[device_id] = session
+        model_id = model_id_of_username(request.username or "")
+        if model_id is not None:
+            self.registry.set_model_id(self.name, device_id, model_id)
+        self.activity.connection_changed(self.name, device_id)
         return CONNACK_ACCEPTED, session
 
     # -- service side -----------------------------------------------------------------------
@@ -262,6 +283,7 @@ class HubEndpoint:
                 self._c2d.pop(event.device_id, None)
                 if self.renewals is not None:
                     self.renewals.forget(event.device_id)
+                self.activity.forget(self.name, event.device_id)
             if session is not None and (event.device is None or not event.device.enabled):
                 reason = "device deleted" if event.device is None else "device disabled"
                 self._drop(session)
@@ -280,6 +302,8 @@ class HubEndpoint:
     def _drop(self, session: HubSession) -> None:
         if self.sessions.get(session.device_id) is session:
             del self.sessions[session.device_id]
+            if self.registry.device(self.name, session.device_id) is not None:
+                self.activity.connection_changed(self.name, session.device_id)
         for rid, (device_id, future) in list(self._pending.items()):
             if device_id == session.device_id and not future.done():
                 future.set_exception(DeviceNotOnlineError(f"device {device_id!r} disconnected"))
@@ -331,6 +355,7 @@ class HubSession:
         """Route a device PUBLISH; :class:`ProtocolViolation` closes the connection."""
         if len(payload) > MAX_MESSAGE_BYTES:
             raise ProtocolViolation(f"message of {len(payload)} bytes exceeds 256 KiB")
+        self.hub.activity.active(self.hub.name, self.device_id)
         if topic.startswith("devices/"):
             device_id, _, rest = topic[len("devices/") :].partition("/")
             if device_id != self.device_id:

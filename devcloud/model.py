@@ -250,6 +250,8 @@ class Device:
     updated: str = ""
     #: The DPS registration that created it, if any.
     registration_id: str | None = None
+    #: The Plug and Play model it announced (hub CONNECT ``model-id``, else DPS ``modelId``).
+    model_id: str | None = None
 
     @property
     def status(self) -> str:
@@ -267,6 +269,7 @@ class Device:
             "created": self.created,
             "updated": self.updated,
             "registrationId": self.registration_id,
+            "modelId": self.model_id,
         }
 
     @classmethod
@@ -281,6 +284,7 @@ class Device:
             created=rec.get("created", ""),
             updated=rec.get("updated", ""),
             registration_id=rec.get("registrationId"),
+            model_id=rec.get("modelId"),
         )
 
 

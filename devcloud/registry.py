@@ -77,6 +77,28 @@ def _check_id(kind: str, value: str) -> str:
     return value
 
 
+class _ObservedStore:
+    """A store that calls ``on_write`` after every put or delete (each one is a change)."""
+
+    def __init__(self, store: Store, on_write: Callable[[], None]) -> None:
+        self._store = store
+        self._on_write = on_write
+
+    def load(self, kind: str) -> dict[str, dict[str, Any]]:
+        return self._store.load(kind)
+
+    def put(self, kind: str, key: str, record: Mapping[str, Any]) -> None:
+        self._store.put(kind, key, record)
+        self._on_write()
+
+    def delete(self, kind: str, key: str) -> None:
+        self._store.delete(kind, key)
+        self._on_write()
+
+    def close(self) -> None:
+        self._store.close()
+
+
 class Registry:
     """All of devcloud's records, kept in memory and written through to ``store``."""
 
@@ -87,7 +109,11 @@ class Registry:
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.hub_names = tuple(hub_names)
-        self._store: Store = store if store is not None else MemoryStore()
+        #: Called after every write (the app points it at the console's change feed).
+        self.on_change: Callable[[], None] = lambda: None
+        self._store: Store = _ObservedStore(
+            store if store is not None else MemoryStore(), self._changed
+        )
         self._clock = clock
         self._listeners: list[Listener] = []
         self._groups = {
@@ -126,6 +152,9 @@ class Registry:
     def current_time(self) -> datetime:
         """The current time (timezone-aware), from the registry's clock."""
         return self._clock()
+
+    def _changed(self) -> None:
+        self.on_change()  # looked up at each write: the app sets on_change after __init__
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every :data:`RegistryEvent` from now on."""
@@ -235,6 +264,7 @@ class Registry:
         twin: Twin | None = None,
         enabled: bool = True,
         registration_id: str | None = None,
+        model_id: str | None = None,
     ) -> Device:
         """Create a device (and its twin) in ``hub``; :class:`ConflictError` if it exists."""
         self.check_hubs([hub])
@@ -252,6 +282,7 @@ class Registry:
             created=now,
             updated=now,
             registration_id=registration_id,
+            model_id=model_id,
         )
         self._devices[key] = device
         self._store.put("device", key, device.to_record())
@@ -304,6 +335,17 @@ class Registry:
         self._devices[key] = device
         self._store.put("device", key, device.to_record())
         self._emit(DeviceChanged(hub, device_id, device))
+        return device
+
+    def set_model_id(self, hub: str, device_id: str, model_id: str) -> Device:
+        """Record the Plug and Play model id the device announced (written only if new)."""
+        device = self.get_device(hub, device_id)
+        if device.model_id == model_id:
+            return device
+        device = replace(device, model_id=model_id)
+        key = _key(hub, device_id)
+        self._devices[key] = device
+        self._store.put("device", key, device.to_record())
         return device
 
     def delete_device(self, hub: str, device_id: str) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from devcloud.activity import Seen
 from devcloud.allocation import check_webhook_url
 from devcloud.errors import InvalidRequestError, NotFoundError
 from devcloud.model import (
@@ -276,8 +277,13 @@ def render_registration(r: Registration, hubs: HubNames) -> JsonObject:
     }
 
 
-def render_device(d: Device, *, connected: bool) -> JsonObject:
-    """IoT Hub's device identity JSON, plus ``hub``."""
+#: What Azure shows for a time that never happened (``lastActivityTime`` of a new device).
+NEVER = "0001-01-01T00:00:00Z"
+
+
+def render_device(d: Device, *, connected: bool, seen: Seen | None = None) -> JsonObject:
+    """IoT Hub's device identity JSON, plus ``hub`` and ``modelId``."""
+    seen = seen or Seen()
     return {
         "deviceId": d.device_id,
         "hub": d.hub,
@@ -290,18 +296,24 @@ def render_device(d: Device, *, connected: bool) -> JsonObject:
         "createdDateTimeUtc": d.created,
         "lastUpdatedDateTimeUtc": d.updated,
         "registrationId": d.registration_id,
+        "modelId": d.model_id or "",
+        "lastActivityTime": seen.last_activity or NEVER,
+        "connectionStateUpdatedTime": seen.connection_state_updated or NEVER,
     }
 
 
-def render_twin(d: Device, twin: Twin, *, connected: bool) -> JsonObject:
-    """IoT Hub's twin JSON."""
+def render_twin(d: Device, twin: Twin, *, connected: bool, seen: Seen | None = None) -> JsonObject:
+    """IoT Hub's twin JSON (``modelId`` is ``""`` when the device announced none)."""
     view = twin.device_view()
+    seen = seen or Seen()
     return {
         "deviceId": d.device_id,
         "hub": d.hub,
         "etag": d.etag,
+        "modelId": d.model_id or "",
         "status": d.status,
         "connectionState": "Connected" if connected else "Disconnected",
+        "lastActivityTime": seen.last_activity or NEVER,
         "version": twin.desired_version + twin.reported_version,
         "tags": dict(twin.tags),
         "properties": {"desired": view["desired"], "reported": view["reported"]},

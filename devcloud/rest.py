@@ -55,6 +55,16 @@ Routes::
     GET    /telemetry?follow=1&since=N&device=&hub=&timeout=S
                                                     JSON lines, one message each, until the
                                                     client hangs up (or timeout seconds)
+    GET    /registrations/{regid}/history           [{"timeUtc", "event", "status", ...}]
+                                                    (DPS events since devcloud started)
+    GET    /events                                  server-sent events: ``change`` with
+                                                    {"revision"} whenever anything changed
+    GET    /  and  /console/[file]                  the web console (devcloud.console)
+
+Devices and twins carry ``modelId`` (Plug and Play), ``lastActivityTime`` and
+``connectionStateUpdatedTime`` as IoT Hub's do. A request that changes something (any
+method but GET) and carries an ``Origin`` other than the server's own is refused with 403,
+so a web page from elsewhere cannot drive devcloud through the browser of its user.
 
 Certificate issuance (enrollments name a policy with ``"credentialPolicy": NAME``)::
 
@@ -82,19 +92,22 @@ import re
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any
 
+from devcloud.activity import ChangeFeed, DeviceActivity
+from devcloud.console import static_file, stream_changes
 from devcloud.dps import Provisioner
 from devcloud.errors import (
     DevCloudError,
+    ForbiddenError,
     InvalidRequestError,
     NotFoundError,
     error_body,
 )
 from devcloud.hub import HubEndpoint
-from devcloud.model import Device, RefusalMode, RenewalRefusal
+from devcloud.model import Device, RefusalMode, RenewalRefusal, Twin
 from devcloud.pki import PKI
 from devcloud.registry import Registry
 from devcloud.render import (
@@ -138,16 +151,19 @@ class Services:
     #: ``/hubs`` and ``/dps`` answers (addresses are only known once servers listen).
     describe_hubs: Callable[[], list[dict[str, Any]]]
     describe_dps: Callable[[], dict[str, Any]]
+    activity: DeviceActivity
+    changes: ChangeFeed
 
 
 @dataclass(frozen=True)
 class Request:
-    """One parsed HTTP request."""
+    """One parsed HTTP request (header names in lower case)."""
 
     method: str
     path: str
     query: Mapping[str, str]
     body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         """The body as JSON; :class:`InvalidRequestError` if it is not."""
@@ -178,9 +194,25 @@ class Response:
     body: Any = None
 
 
-#: A streaming handler writes JSON lines itself.
-Stream = Callable[[asyncio.StreamWriter], Awaitable[None]]
-Handler = Callable[[Request, re.Match[str]], Awaitable[Response | Stream]]
+@dataclass(frozen=True)
+class RawResponse:
+    """A response that is not JSON (console files, a redirect)."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A response whose body ``write`` produces itself, until it ends or the client goes."""
+
+    write: Callable[[asyncio.StreamWriter], Awaitable[None]]
+    content_type: str = "application/x-ndjson"
+
+
+Handler = Callable[[Request, re.Match[str]], Awaitable[Response | RawResponse | Stream]]
 
 
 class RestApi:
@@ -228,6 +260,11 @@ class RestApi:
             ("GET", f"/devices/{seg}/renewalRefusal", self._get_refusal),
             ("PUT", f"/devices/{seg}/renewalRefusal", self._put_refusal),
             ("DELETE", f"/devices/{seg}/renewalRefusal", self._delete_refusal),
+            ("GET", f"/registrations/{seg}/history", self._registration_history),
+            ("GET", "/events", self._events),
+            ("GET", "", self._console_redirect),
+            ("GET", "/console", self._console_file),
+            ("GET", f"/console/{seg}", self._console_file),
         ]:
             self.routes.append((method, re.compile(f"^{pattern}/?$"), handler))
 
@@ -261,14 +298,16 @@ class RestApi:
             result = await self.dispatch(request)
             if isinstance(result, Response):
                 await self._send(writer, result)
+            elif isinstance(result, RawResponse):
+                await self._send_raw(writer, result)
             else:
                 writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
-                    b"Cache-Control: no-cache\r\nConnection: close\r\n\r\n"
+                    f"HTTP/1.1 200 OK\r\nContent-Type: {result.content_type}\r\n"
+                    "Cache-Control: no-cache\r\nConnection: close\r\n\r\n".encode()
                 )
                 await writer.drain()
                 # Stream until the handler ends or the client hangs up (EOF on its side).
-                streaming = asyncio.ensure_future(result(writer))
+                streaming = asyncio.ensure_future(result.write(writer))
                 hangup = asyncio.ensure_future(reader.read(1))
                 await asyncio.wait({streaming, hangup}, return_when=asyncio.FIRST_COMPLETED)
                 for task in (streaming, hangup):
@@ -310,7 +349,7 @@ class RestApi:
         body = await reader.readexactly(length) if length else b""
         url = urllib.parse.urlsplit(target)
         query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
-        return Request(method.upper(), urllib.parse.unquote(url.path), query, body)
+        return Request(method.upper(), urllib.parse.unquote(url.path), query, body, headers)
 
     async def _send(self, writer: asyncio.StreamWriter, response: Response) -> None:
         reason = HTTPStatus(response.status).phrase
@@ -324,11 +363,29 @@ class RestApi:
         writer.write(head.encode() + b"\r\n" + data)
         await writer.drain()
 
+    async def _send_raw(self, writer: asyncio.StreamWriter, response: RawResponse) -> None:
+        reason = HTTPStatus(response.status).phrase
+        head = (
+            f"HTTP/1.1 {response.status} {reason}\r\n"
+            f"Content-Length: {len(response.body)}\r\nConnection: close\r\n"
+            f"Content-Type: {response.content_type}\r\nCache-Control: no-cache\r\n"
+            "X-Content-Type-Options: nosniff\r\n"
+        )
+        head += "".join(f"{k}: {v}\r\n" for k, v in response.headers.items())
+        writer.write(head.encode() + b"\r\n" + response.body)
+        await writer.drain()
+
     def _tracking_id(self) -> str:
         return str(uuid.uuid4())
 
-    async def dispatch(self, request: Request) -> Response | Stream:
+    async def dispatch(self, request: Request) -> Response | RawResponse | Stream:
         """Route ``request`` and turn devcloud errors into JSON error responses."""
+        if request.method != "GET" and not _same_origin(request):
+            refused = ForbiddenError(
+                f"{request.method} from origin {request.headers.get('origin')!r} refused: "
+                "only devcloud's own console may change things from a browser"
+            )
+            return Response(403, error_body(refused, self._tracking_id()))
         allowed: list[str] = []
         for method, pattern, handler in self.routes:
             match = pattern.match(request.path)
@@ -362,6 +419,10 @@ class RestApi:
 
     def _connected(self, device: Device) -> bool:
         return self.s.hubs[device.hub].is_connected(device.device_id)
+
+    def _render_device(self, device: Device) -> dict[str, Any]:
+        seen = self.s.activity.get(device.hub, device.device_id)
+        return render_device(device, connected=self._connected(device), seen=seen)
 
     # -- handlers ---------------------------------------------------------------------------
 
@@ -437,7 +498,7 @@ class RestApi:
 
     async def _list_devices(self, r: Request, _m: re.Match[str]) -> Response:
         devices = self.s.registry.devices(self._hub(r))
-        return Response(200, [render_device(d, connected=self._connected(d)) for d in devices])
+        return Response(200, [self._render_device(d) for d in devices])
 
     async def _get_device(self, r: Request, m: re.Match[str]) -> Response:
         device = self._device(r, m[1])
@@ -445,6 +506,7 @@ class RestApi:
         session = self.s.hubs[device.hub].sessions.get(device.device_id)
         body["connectionCertificateThumbprint"] = session.thumbprint if session else None
         return Response(200, body)
+        return Response(200, self._render_device(device))
 
     def _status(self, r: Request) -> bool | None:
         body = r.json() or {}
@@ -469,14 +531,14 @@ class RestApi:
             device = registry.set_device_enabled(hub, m[1], enabled)
         else:
             device = registry.get_device(hub, m[1])
-        return Response(200, render_device(device, connected=self._connected(device)))
+        return Response(200, self._render_device(device))
 
     async def _patch_device(self, r: Request, m: re.Match[str]) -> Response:
         device = self._device(r, m[1])
         enabled = self._status(r)
         if enabled is not None:
             device = self.s.registry.set_device_enabled(device.hub, device.device_id, enabled)
-        return Response(200, render_device(device, connected=self._connected(device)))
+        return Response(200, self._render_device(device))
 
     async def _delete_device(self, r: Request, m: re.Match[str]) -> Response:
         device = self._device(r, m[1])
@@ -486,13 +548,17 @@ class RestApi:
     async def _get_twin(self, r: Request, m: re.Match[str]) -> Response:
         device = self._device(r, m[1])
         twin = self.s.registry.get_twin(device.hub, device.device_id)
-        return Response(200, render_twin(device, twin, connected=self._connected(device)))
+        return Response(200, self._render_twin(device, twin))
 
     async def _patch_twin(self, r: Request, m: re.Match[str]) -> Response:
         device = self._device(r, m[1])
         desired, tags = parse_twin_patch(r.json())
         twin = self.s.registry.patch_desired(device.hub, device.device_id, desired, tags)
-        return Response(200, render_twin(device, twin, connected=self._connected(device)))
+        return Response(200, self._render_twin(device, twin))
+
+    def _render_twin(self, device: Device, twin: Twin) -> dict[str, Any]:
+        seen = self.s.activity.get(device.hub, device.device_id)
+        return render_twin(device, twin, connected=self._connected(device), seen=seen)
 
     async def _invoke_method(self, r: Request, m: re.Match[str]) -> Response:
         device = self._device(r, m[1])
@@ -621,7 +687,7 @@ class RestApi:
                     if writer.is_closing():
                         return
 
-            return stream
+            return Stream(stream)
         limit = int(r.number("limit", 1000))
         wait_s = min(r.number("wait", 0.0), 300.0)
         if wait_s > 0:
@@ -635,3 +701,35 @@ class RestApi:
                 "lastSequenceNumber": log.last_sequence_number,
             },
         )
+
+    async def _registration_history(self, _r: Request, m: re.Match[str]) -> Response:
+        history = self.s.provisioner.history.of(m[1])
+        if not history and self.s.registry.registration(m[1]) is None:
+            raise NotFoundError(f"registration {m[1]!r} not found")
+        return Response(200, history)
+
+    async def _events(self, r: Request, _m: re.Match[str]) -> Stream:
+        after = int(r.number("after", -1))
+        changes = self.s.changes
+
+        async def stream(writer: asyncio.StreamWriter) -> None:
+            await stream_changes(changes, writer, after=after if after >= 0 else None)
+
+        return Stream(stream, "text/event-stream")
+
+    async def _console_redirect(self, _r: Request, _m: re.Match[str]) -> RawResponse:
+        return RawResponse(302, b"", "text/plain", {"Location": "/console/"})
+
+    async def _console_file(self, _r: Request, m: re.Match[str]) -> RawResponse:
+        found = static_file(m[1] if m.groups() else "")
+        if found is None:
+            raise NotFoundError("no such console file")
+        return RawResponse(200, found.body, found.content_type)
+
+
+def _same_origin(request: Request) -> bool:
+    """No ``Origin`` (not a browser), or the server's own (``http://{Host}``)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return origin == f"http://{request.headers.get('host', '')}"
