@@ -21,6 +21,8 @@ SYSTEM_PACKAGES += dpkg-dev debootstrap systemd-container python3.11
 SYSTEM_PACKAGES += swtpm swtpm-tools tpm2-tools
 # tests/faults: the agent process alone gets a 1970 clock (LD_PRELOAD, FAKETIME_TIMESTAMP_FILE).
 SYSTEM_PACKAGES += libfaketime
+# devcloud's web console is tested in a real headless browser (Debian's, never a download).
+SYSTEM_PACKAGES += chromium
 APT := apt-get -o DPkg::Lock::Timeout=300 -y -q
 
 .PHONY: all demo test lint typecheck pytest sysdeps venv clean deb mutation bench
@@ -73,8 +75,9 @@ $(VENV)/.mutation-installed: $(VENV)/.installed
 mutation: $(VENV)/.mutation-installed
 	$(PY) -m mutation.run --jobs $(MUTMUT_JOBS) $(MUTANTS)
 
+# KEEP=1 leaves devcloud and the agent running after the demo, for the web console.
 demo: venv
-	$(PY) deploy/demo.py
+	KEEP=$(KEEP) $(PY) deploy/demo.py
 
 # The Debian package for this machine's architecture, in dist/ (deploy/deb/build_deb.py).
 deb: venv

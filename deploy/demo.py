@@ -9,7 +9,9 @@ Steps (each bounded in time; any failure stops everything and exits non-zero):
 4. show the DPS assignment and telemetry arriving in devcloud;
 5. point the enrollment group at the other hub, invoke the ``reprovision`` direct method,
    and show the device arrive on the other hub;
-6. stop the agent and devcloud with SIGTERM and check both exit 0.
+6. with ``KEEP=1`` (``make demo KEEP=1``): leave both running so the web console
+   (printed in step 1) can be looked at, until Ctrl-C or SIGTERM;
+7. stop the agent and devcloud with SIGTERM and check both exit 0.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from devcloud.pki import PKI  # noqa: E402
 T = TypeVar("T")
 DEVICE = "demo-device-001"
 REST_URL = "http://127.0.0.1:8088"
+CONSOLE_URL = f"{REST_URL}/console/"
 TOTAL_BUDGET_S = 90.0
 STARTED = time.monotonic()
 
@@ -81,6 +84,9 @@ class Process:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             cwd=ROOT,
+            # Its own session: Ctrl-C in the terminal reaches the demo, which then stops
+            # the children itself (SIGTERM) and checks their exit codes.
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -194,8 +200,22 @@ def processes() -> Iterator[list[Process]]:
                     proc.stop(5)
 
 
-def demo(folder: Path, started: list[Process]) -> None:
-    """Steps 1-6 (see the module docstring) in ``folder``; raises on the first failure."""
+def wait_for_stop_signal() -> None:
+    """Block until SIGINT or SIGTERM arrives (then return, so the demo stops cleanly)."""
+    stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    try:
+        while not stop.wait(3600):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(flush=True)
+
+
+def demo(folder: Path, started: list[Process], *, keep: bool = False) -> None:
+    """Steps 1-7 (see the module docstring) in ``folder``; raises on the first failure."""
     step("1. devcloud (DPS 127.0.0.2:8883, hubs 127.0.0.3 / 127.0.0.4, REST 127.0.0.1:8088)")
     state = folder / "devcloud"
     cloud = Process(
@@ -208,6 +228,7 @@ def demo(folder: Path, started: list[Process]) -> None:
     for line in cloud.lines:
         if line.startswith("devcloud: ") and "ready" not in line:
             say(line.removeprefix("devcloud: "))
+    say(f"open the web console: {CONSOLE_URL}")
     client = DevCloudClient(REST_URL, timeout_s=10)
 
     step("2. a device certificate from devcloud's PKI")
@@ -258,7 +279,11 @@ def demo(folder: Path, started: list[Process]) -> None:
     device = client.get_device(DEVICE, hub=new_name)
     say(f"{new_name} says: {device.get('status')}, {device.get('connectionState')}")
 
-    step("6. stop everything")
+    if keep:
+        step(f"6. keeping devcloud and the agent running: the console is at {CONSOLE_URL}")
+        say("press Ctrl-C (or send SIGTERM) to stop")
+        wait_for_stop_signal()
+    step("7. stop everything")
     code = agent.stop()
     say(f"device-agent exited {code}")
     if code != 0:
@@ -278,11 +303,15 @@ def _connected_hub(status_path: Path) -> str | None:
 
 
 def main() -> int:
-    """Run the demo in a temporary folder; 0 if every step happened, else 1."""
+    """Run the demo in a temporary folder; 0 if every step happened, else 1.
+
+    ``KEEP=1`` in the environment (``make demo KEEP=1``) keeps it running after step 5.
+    """
+    keep = os.environ.get("KEEP", "") not in ("", "0")
     with tempfile.TemporaryDirectory(prefix="device-agent-demo-") as tmp, processes() as started:
         folder = Path(tmp)
         try:
-            demo(folder, started)
+            demo(folder, started, keep=keep)
         except Exception as exc:
             print(f"\ndemo FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
             for proc in started:

@@ -209,6 +209,11 @@ class DevCloud:
         return f"http://{host}:{port}"
 
     @property
+    def console_url(self) -> str:
+        """The web console's address, e.g. ``http://127.0.0.1:8088/console/``."""
+        return f"{self.rest_url}/console/"
+
+    @property
     def id_scope(self) -> str:
         """The DPS id scope devices must use."""
         return self.config.id_scope

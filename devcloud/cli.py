@@ -94,6 +94,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     f"(hostname {app.hub_hostname(name)})"
                 )
             print(f"devcloud: REST      {app.rest_url}")
+            print(f"devcloud: console   {app.console_url}")
             print(f"devcloud: root CA   {app.pki.root_path}")
             print(f"devcloud: state     {config.database or 'in memory'}")
             print("devcloud: ready", flush=True)

@@ -222,6 +222,8 @@ class RestApi:
         self.s = services
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        #: The task of every connection being served (a long poll can wait minutes).
+        self._serving: set[asyncio.Task[None]] = set()
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
         seg = r"([^/]+)"
         for method, pattern, handler in [
@@ -277,16 +279,24 @@ class RestApi:
         return str(sockname[0]), int(sockname[1])
 
     async def stop(self) -> None:
-        """Stop listening and close open connections (ends follow streams)."""
+        """Stop listening; end every request in progress (streams, long polls) and close."""
         if self._server is not None:
             self._server.close()
             for writer in list(self._writers):
                 writer.close()
+            serving = list(self._serving)
+            for task in serving:
+                task.cancel()
+            await asyncio.gather(*serving, return_exceptions=True)
             await self._server.wait_closed()
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        current = asyncio.current_task()
+        if current is not None:
+            self._serving.add(current)
+            current.add_done_callback(self._serving.discard)
         try:
             try:
                 request = await self._read_request(reader)

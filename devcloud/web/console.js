@@ -98,7 +98,7 @@ function ago(text) {
 
 function clock(text) {
   const ms = parseTime(text);
-  return ms === null ? "" : new Date(ms).toLocaleTimeString();
+  return ms === null ? "" : new Date(ms).toLocaleTimeString([], { hour12: false });
 }
 
 // -- reading everything ----------------------------------------------------------------
@@ -223,7 +223,8 @@ function renderDetail() {
     el("span", {}, "hub ", el("b", { id: "fact-hub", text: device.hub })),
     el("span", {}, "model ", el("b", { text: device.modelId || "none announced" })),
     el("span", {}, "last seen ", el("b", { class: "last-seen", "data-time": device.lastActivityTime, text: ago(device.lastActivityTime) })),
-    el("span", {}, "since ", el("b", { text: clock(device.connectionStateUpdatedTime) || "—" })),
+    el("span", {}, device.connectionState === "Connected" ? "connected since " : "offline since ",
+      el("b", { text: clock(device.connectionStateUpdatedTime) || "devcloud started" })),
   );
   const toggle = $("btn-toggle");
   toggle.textContent = device.status === "enabled" ? "Disable" : "Enable";
@@ -317,30 +318,40 @@ const REPROVISION = {
 };
 
 function renderEnrollments() {
-  const body = $("enrollments").tBodies[0];
-  // Keep rows the user is editing; rebuild the others.
-  const editing = new Set([...body.querySelectorAll("tr.editing")].map((r) => r.dataset.key));
-  const kept = new Map([...body.querySelectorAll("tr.editing")].map((r) => [r.dataset.key, r]));
-  const rows = state.enrollments.map((e) => {
+  const list = $("enrollments");
+  // Keep the blocks the user is editing; rebuild the others.
+  const kept = new Map([...list.querySelectorAll(".enrollment.editing")].map((n) => [n.dataset.key, n]));
+  const blocks = state.enrollments.map((e) => {
     const key = `${e.kind}:${e.id}`;
-    if (editing.has(key)) return kept.get(key);
+    if (kept.has(key)) return kept.get(key);
     const b = e.body;
     const linked = new Set(b.iotHubs || []);
-    const markEditing = (event) => event.target.closest("tr").classList.add("editing");
-    const policy = el("select", { class: "allocation", onchange: markEditing, "aria-label": "allocation policy" },
+    const markEditing = (event) => event.target.closest(".enrollment").classList.add("editing");
+    const field = (label, control) => el("label", { class: "field" }, el("span", { text: label }), control);
+    const policy = el("select", { class: "allocation", onchange: markEditing },
       ...POLICIES.map((p) => el("option", { value: p, selected: p === b.allocationPolicy, text: p })));
+    const reprovision = el("select", { class: "reprovision", onchange: markEditing },
+      ...Object.entries(REPROVISION).map(([v, t]) => el("option", { value: v, selected: v === b.reprovisionPolicy.policy, text: t })));
+    const status = el("select", { class: "provisioning", onchange: markEditing },
+      ...["enabled", "disabled"].map((v) => el("option", { value: v, selected: v === b.provisioningStatus, text: v })));
     const hubs = el("div", { class: "hubs" }, ...state.hubs.map((h) => el("label", { class: "hub-choice" },
       el("input", { type: "checkbox", "data-hub": h.name, checked: linked.has(h.name), onchange: markEditing }), h.name)));
-    const reprovision = el("select", { class: "reprovision", onchange: markEditing, "aria-label": "reprovision policy" },
-      ...Object.entries(REPROVISION).map(([v, t]) => el("option", { value: v, selected: v === b.reprovisionPolicy.policy, text: t })));
-    const status = el("select", { class: "provisioning", onchange: markEditing, "aria-label": "provisioning status" },
-      ...["enabled", "disabled"].map((s) => el("option", { value: s, selected: s === b.provisioningStatus, text: s })));
-    const save = el("button", { class: "btn small primary save", text: "Save", onclick: () => saveEnrollment(e, save.closest("tr")) });
-    return el("tr", { "data-key": key, "data-enrollment": e.id },
-      el("td", {}, el("span", { class: "device-id", text: e.id }), el("span", { class: "kind", text: e.kind === "group" ? "enrollment group" : "individual enrollment" })),
-      el("td", {}, policy), el("td", {}, hubs), el("td", {}, reprovision), el("td", {}, status), el("td", {}, save));
+    const node = el("div", { class: "enrollment", "data-key": key, "data-enrollment": e.id });
+    const save = el("button", { class: "btn small primary save", text: "Save", onclick: () => saveEnrollment(e, node) });
+    node.append(
+      el("div", { class: "enrollment-head" },
+        el("div", {}, el("span", { class: "device-id", text: e.id }),
+          el("span", { class: "kind", text: e.kind === "group" ? "enrollment group" : "individual enrollment" })),
+        save),
+      el("div", { class: "fields" },
+        field("Allocation", policy), field("Reprovision", reprovision), field("Provisioning", status)),
+      el("div", { class: "field wide" }, el("span", { text: "Linked hubs" }), hubs,
+        el("span", { class: "hint", text: linked.size ? "" : "none ticked: every hub" })),
+    );
+    return node;
   });
-  body.replaceChildren(...rows);
+  list.replaceChildren(...blocks);
+  $("enrollments-empty").hidden = blocks.length > 0;
 }
 
 async function saveEnrollment(e, row) {
@@ -493,6 +504,28 @@ function ingest(message) {
   }
 }
 
+// Units as the agent names them (hal.sensor.UNITS), as a person reads them.
+const UNIT_LABELS = { degC: "°C", "%RH": "% RH", hPa: "hPa", lx: "lx", V: "V" };
+
+function quantityLabel(s) {
+  // "temperature_c" with a unit -> "temperature": the suffix only repeats the unit.
+  return s.unit ? s.quantity.replace(/_[a-z]+$/, "").replace(/_/g, " ") : s.quantity;
+}
+
+function unitLabel(unit) { return UNIT_LABELS[unit] ?? unit; }
+
+const AXIS = { stroke: "#6b7585", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#e3e7ee" }, font: "11px system-ui, sans-serif" };
+
+function timeOfDay(seconds) {
+  return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });
+}
+
+// Room for the widest tick label, so "1013.25" is never clipped.
+function axisWidth(u, values) {
+  const longest = Math.max(3, ...(values || []).map((v) => String(v).length));
+  return 14 + longest * 7;
+}
+
 let chartsQueued = false;
 function renderChartsSoon() {
   if (chartsQueued) return;
@@ -517,7 +550,7 @@ function renderCharts() {
     if (!chart) {
       const value = el("span", { class: "value" });
       const title = el("div", { class: "chart-title" },
-        el("span", {}, el("b", { text: s.quantity }), s.sensor ? el("span", { class: "muted", text: ` · ${s.sensor}` }) : null),
+        el("div", {}, el("b", { text: quantityLabel(s) }), s.sensor ? el("div", { class: "sensor", text: s.sensor }) : null),
         value);
       const holder = el("div", { class: "plot" });
       const node = el("div", { class: "chart", "data-series": key }, title, holder);
@@ -530,8 +563,8 @@ function renderCharts() {
         cursor: { y: false },
         scales: { x: { time: true } },
         axes: [
-          { stroke: "#6b7585", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#e3e7ee" }, font: "11px system-ui, sans-serif" },
-          { stroke: "#6b7585", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#e3e7ee" }, font: "11px system-ui, sans-serif", size: 46 },
+          { ...AXIS, values: (u, ticks) => ticks.map(timeOfDay) },
+          { ...AXIS, size: axisWidth },
         ],
         series: [{}, { label: key, stroke: color, width: 2, fill: color + "14", points: { show: false } }],
       }, [[], []], holder);
@@ -541,7 +574,7 @@ function renderCharts() {
     chart.plot.setData([s.xs.slice(), s.ys.slice()]);
     chart.node.dataset.points = String(s.xs.length);
     const last = s.ys[s.ys.length - 1];
-    chart.value.textContent = last === undefined ? "" : `${Number(last.toFixed(2))} ${s.unit}`.trim();
+    chart.value.textContent = last === undefined ? "" : `${Number(last.toFixed(2))} ${unitLabel(s.unit)}`.trim();
   });
 }
 
