@@ -23,6 +23,10 @@ SYSTEM_PACKAGES += swtpm swtpm-tools tpm2-tools
 SYSTEM_PACKAGES += libfaketime
 # devcloud's web console is tested in a real headless browser (Debian's, never a download).
 SYSTEM_PACKAGES += chromium
+# The Plug and Play model is checked by Microsoft's DTDL parser, run by node, fetched by npm
+# (a nodejs that ships its own npm conflicts with Debian's npm: then only nodejs is asked for).
+SYSTEM_PACKAGES += nodejs
+SYSTEM_PACKAGES += $(if $(shell command -v npm),,npm)
 APT := apt-get -o DPkg::Lock::Timeout=300 -y -q
 
 .PHONY: all demo test lint typecheck pytest sysdeps venv clean deb mutation bench

@@ -44,13 +44,17 @@ __all__ = [
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_IMPORT_DIR",
+    "DEFAULT_MODEL_ID",
     "AgentConfig",
+    "DeviceConfig",
     "DpsConfig",
     "HalConfig",
+    "HttpProxy",
     "HubConfig",
     "IdentityConfig",
     "LifecycleConfig",
     "LogConfig",
+    "NetworkConfig",
     "StateConfig",
     "TelemetryConfig",
     "load_config",
@@ -76,6 +80,13 @@ _ID_SCOPE_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
 REGISTRATION_ID_RE = re.compile(r"^[A-Za-z0-9\-._:]{0,127}[A-Za-z0-9\-]$")
 _API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 _PIN_NAME_RE = re.compile(r"^[A-Za-z0-9_:]{1,32}$")
+#: The agent's own IoT Plug and Play model (models/dtmi/deviceagent/deviceagent-1.json).
+DEFAULT_MODEL_ID = "dtmi:deviceagent:DeviceAgent;1"
+_DTMI_SEGMENT = r"[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?"
+#: A digital twin model identifier: ``dtmi:segment(:segment)*;version``, at most 2048 chars.
+DTMI_RE = re.compile(
+    rf"^(?=.{{1,2048}}$)dtmi:{_DTMI_SEGMENT}(?::{_DTMI_SEGMENT})*;[1-9][0-9]{{0,8}}$"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,6 +203,48 @@ class HalConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeviceConfig:
+    """``[device]``: what the device announces about itself."""
+
+    #: The IoT Plug and Play model (DTMI) sent to DPS (``payload.modelId``) and the hub
+    #: (``model-id`` in the CONNECT user name); ``""`` announces none.
+    model_id: str = DEFAULT_MODEL_ID
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpProxy:
+    """An HTTP proxy reached with ``CONNECT`` (credentials never here: ``auth_path``)."""
+
+    host: str
+    port: int
+    #: A file holding ``user:password`` for Basic proxy authentication.
+    auth_path: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkConfig:
+    """``[network]``: how the agent reaches DPS and the hub."""
+
+    #: ``"http://host:port"``; ``"none"`` for no proxy whatever the environment says;
+    #: None (absent) for the environment's ``https_proxy`` / ``no_proxy``.
+    proxy: str | None = None
+    #: A file holding ``user:password`` for the proxy's Basic authentication.
+    proxy_auth_path: Path | None = None
+
+    @property
+    def direct(self) -> bool:
+        """``proxy = "none"``: never a proxy."""
+        return self.proxy is not None and self.proxy.strip().lower() in ("", "none")
+
+    def http_proxy(self) -> HttpProxy | None:
+        """The configured proxy (None: none configured; see :attr:`direct`)."""
+        if self.proxy is None or self.direct:
+            return None
+        host, port = parse_proxy_url(self.proxy)
+        return HttpProxy(host=host, port=port, auth_path=self.proxy_auth_path)
+
+
+@dataclass(frozen=True, kw_only=True)
 class LogConfig:
     """Logging (see :mod:`agent.runtime.logs`)."""
 
@@ -211,6 +264,8 @@ class AgentConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     state: StateConfig = field(default_factory=StateConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
 
 def resolve_config_path(flag: str | Path | None, environ: Mapping[str, str]) -> Path:
@@ -265,6 +320,8 @@ def parse_config(data: Mapping[str, object], *, source: Path) -> AgentConfig:
     log_table = root.table("log")
     log = LogConfig(level=log_table.choice("level", LOG_LEVELS, "INFO", fold_case=True))
     log_table.finish()
+    device = _device(root.table("device"))
+    network = _network(root.table("network"), base)
     root.finish()
     return AgentConfig(
         source=source,
@@ -276,6 +333,8 @@ def parse_config(data: Mapping[str, object], *, source: Path) -> AgentConfig:
         state=state,
         hal=hal,
         log=log,
+        device=device,
+        network=network,
     )
 
 
@@ -346,6 +405,60 @@ def _hub(t: _Table, base: Path) -> HubConfig:
     )
     t.finish()
     return config
+
+
+def _device(t: _Table) -> DeviceConfig:
+    model_id = t.string("model_id", DEFAULT_MODEL_ID)
+    if model_id and not DTMI_RE.match(model_id):
+        raise t.error(
+            "model_id",
+            f'expected a DTMI like {DEFAULT_MODEL_ID!r} (or "" to announce none), got {model_id!r}',
+        )
+    t.finish()
+    return DeviceConfig(model_id=model_id)
+
+
+def _network(t: _Table, base: Path) -> NetworkConfig:
+    config = NetworkConfig(
+        proxy=t.optional_string("proxy"),
+        proxy_auth_path=t.optional_path("proxy_auth_path", base),
+    )
+    if config.proxy is not None and not config.direct:
+        try:
+            parse_proxy_url(config.proxy)
+        except ValueError as exc:
+            raise t.error("proxy", str(exc)) from None
+    if config.proxy_auth_path is not None and config.http_proxy() is None:
+        raise t.error("proxy_auth_path", "set network.proxy to the proxy it is for")
+    t.finish()
+    return config
+
+
+def parse_proxy_url(url: str, *, allow_credentials: bool = False) -> tuple[str, int]:
+    """``(host, port)`` of ``http://host:port``; ValueError saying what is wrong.
+
+    Credentials in the URL are refused unless ``allow_credentials`` (the environment's
+    ``https_proxy`` may carry them; the config never does: use ``proxy_auth_path``).
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        port = parts.port or 80
+    except ValueError as exc:
+        raise ValueError(f"expected http://host:port, got {url!r} ({exc})") from None
+    if parts.scheme != "http":
+        raise ValueError(f"expected an http:// proxy (CONNECT), got {parts.scheme}:// in {url!r}")
+    if not parts.hostname or not _HOST_RE.match(parts.hostname):
+        raise ValueError(f"expected http://host:port, got {url!r}")
+    if (parts.username or parts.password) and not allow_credentials:
+        raise ValueError(
+            "no credentials in the proxy URL: put user:password in the file that "
+            "network.proxy_auth_path names"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"expected http://host:port with nothing after, got {url!r}")
+    return parts.hostname, port
 
 
 def _lifecycle(t: _Table) -> LifecycleConfig:

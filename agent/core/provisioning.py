@@ -166,10 +166,17 @@ def registration_payload(
     agent_version: str,
     sensors: Sequence[str],
     extra: Mapping[str, object] | None = None,
+    model_id: str = "",
 ) -> dict[str, object]:
-    """The custom-allocation payload sent with a registration."""
+    """The custom-allocation payload sent with a registration.
+
+    ``model_id`` (IoT Plug and Play) goes in as ``modelId``, which IoT Central reads to
+    pick the device template.
+    """
     payload: dict[str, object] = dict(extra or {})
     payload.update({"model": model, "agentVersion": agent_version, "sensors": list(sensors)})
+    if model_id:
+        payload["modelId"] = model_id
     return payload
 
 

@@ -35,6 +35,9 @@ MIN_INTERVAL_S = 1.0
 MAX_INTERVAL_S = 86_400.0
 INTERVAL_KEY = "telemetryIntervalSeconds"
 SENSORS_KEY = "sensors"
+#: Sensors whose last read failed (not ``errors``: the telemetry has that name, and a
+#: Plug and Play model has one namespace for telemetry and properties).
+SENSOR_ERRORS_KEY = "sensorErrors"
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,7 @@ def build_reported(
         "lastReprovisionReason": last_reprovision_reason,
         SENSORS_KEY: sensor_doc,
         INTERVAL_KEY: dict(settings.interval_ack),
-        "errors": {twin_key(k): v for k, v in errors.items()},
+        SENSOR_ERRORS_KEY: {twin_key(k): v for k, v in errors.items()},
     }
 
 

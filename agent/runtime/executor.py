@@ -372,6 +372,7 @@ class Executor:
             agent_version=__version__,
             sensors=self.hardware.sensor_names,
             extra=cfg.dps.payload,
+            model_id=cfg.device.model_id,
         )
         self.registration = provisioning.Registration(
             ident.registration_id,
@@ -440,6 +441,7 @@ class Executor:
                 assignment.device_id,
                 api_version=cfg.hub.api_version,
                 client_version=CLIENT_VERSION,
+                model_id=cfg.device.model_id,
             ),
             websockets=websockets,
             keep_alive_s=cfg.hub.keep_alive_s,

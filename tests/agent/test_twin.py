@@ -170,8 +170,8 @@ def test_build_reported_and_patch() -> None:
             "enabled": {"value": True, "ac": 203, "av": 0, "ad": "default"},
         }
     }
-    assert doc["errors"] == {"bh1750@1:0x23": "NACK"}
-    cleared = dict(doc, errors={})
-    assert reported_patch(doc, cleared) == {"errors": {"bh1750@1:0x23": None}}
+    assert doc["sensorErrors"] == {"bh1750@1:0x23": "NACK"}
+    cleared = dict(doc, sensorErrors={})
+    assert reported_patch(doc, cleared) == {"sensorErrors": {"bh1750@1:0x23": None}}
     assert reported_patch(doc, doc) == {}
     assert reported_patch({}, doc) == doc

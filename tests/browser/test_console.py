@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.lifecycle import State
+from agent.core.lifecycle import State
 from devcloud.errors import NotFoundError
 from tests.support.agentcloud import (
     AgentThread,

@@ -27,6 +27,8 @@ SECTIONS: dict[str, type] = {
     "state": config.StateConfig,
     "hal": config.HalConfig,
     "log": config.LogConfig,
+    "device": config.DeviceConfig,
+    "network": config.NetworkConfig,
 }
 REQUIRED = object()
 #: Defaults the README words instead of writing a value.

@@ -49,7 +49,7 @@ def test_reported_properties_after_connect(cloud: Cloud, agent: AgentThread) -> 
     assert doc["agentVersion"] == __version__
     assert doc["hub"] == agent.daemon.status()["hub"]
     assert doc["lastReprovisionReason"] == "first boot: no cached assignment"
-    assert doc["errors"] == {}
+    assert doc["sensorErrors"] == {}
     assert doc["deviceId"] == DEVICE
     assert doc["provisionedAt"]
     assert set(doc["sensors"]) == {"sht4x@1:0x45", "bme280@1:0x76"}

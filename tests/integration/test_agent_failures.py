@@ -183,7 +183,7 @@ def test_a_missing_sensor_is_reported_and_the_others_carry_on(cloud: Cloud, tmp_
         reported = wait_until(
             lambda: (
                 cloud.client.get_twin("dev-halfsensors")["properties"]["reported"]
-                .get("errors", {})
+                .get("sensorErrors", {})
                 .get("tmp102@1:0x49")
             ),
             what="the sensor error in reported properties",

@@ -58,7 +58,16 @@ PROGRAMS: Final[dict[str, str]] = {
     "apt-cache": "apt",
     # The Bosch compensation checked against the datasheets' C code (tests/hal).
     "gcc": "gcc",
+    # devcloud's web console tests (Playwright drives Debian's chromium).
+    "chromium": "chromium",
+    # Microsoft's DTDL parser (WebAssembly under node; the npm package fetched with npm).
+    "node": "nodejs",
+    "npm": "npm",
 }
+
+#: Programs another package than the table's may ship on some machines (still checked
+#: by name): a nodejs built by NodeSource ships npm itself, and conflicts with Debian's.
+OTHER_OWNERS: Final[dict[str, frozenset[str]]] = {"npm": frozenset({"nodejs"})}
 
 #: Packages of ``debootstrap --variant=minbase bookworm`` (Priority: required, and apt).
 BASE_PACKAGES: Final = frozenset(

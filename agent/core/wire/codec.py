@@ -57,11 +57,19 @@ def hub_username(
     *,
     api_version: str = HUB_API_VERSION,
     client_version: str = "",
+    model_id: str = "",
 ) -> str:
-    """The MQTT username IoT Hub expects (client id is the device id, no password)."""
+    """The MQTT username IoT Hub expects (client id is the device id, no password).
+
+    ``model_id`` announces an IoT Plug and Play model, percent-encoded as Microsoft's
+    SDKs send it: ``...&model-id=dtmi%3Aexample%3AThing%3B1`` (api-version 2020-09-30 or
+    later).
+    """
     query = {"api-version": api_version}
     if client_version:
         query["DeviceClientType"] = client_version
+    if model_id:
+        query["model-id"] = model_id
     return f"{hub_hostname}/{device_id}/?{urlencode(query, quote_via=quote)}"
 
 
