@@ -27,6 +27,8 @@ SYSTEM_PACKAGES += chromium
 # (a nodejs that ships its own npm conflicts with Debian's npm: then only nodejs is asked for).
 SYSTEM_PACKAGES += nodejs
 SYSTEM_PACKAGES += $(if $(shell command -v npm),,npm)
+# The agent is tested through a real HTTP proxy (started by the tests on loopback).
+SYSTEM_PACKAGES += tinyproxy
 APT := apt-get -o DPkg::Lock::Timeout=300 -y -q
 
 .PHONY: all demo test lint typecheck pytest sysdeps venv clean deb mutation bench

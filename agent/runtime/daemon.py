@@ -125,6 +125,7 @@ class Daemon:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         status_refresh_s: float | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self._own_notifier = notifier is None
@@ -146,6 +147,7 @@ class Daemon:
             status=self.status,
             recheck_identity=self._recheck_identity,
             status_refresh_s=status_refresh_s,
+            environ=environ,
         )
         self.loop: MainLoop[lifecycle.Event] = MainLoop(
             clock=self.clock,

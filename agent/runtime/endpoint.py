@@ -15,6 +15,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.core.proxy import ProxyRoute
 from agent.errors import TransportError
 
 __all__ = [
@@ -53,10 +54,13 @@ class MqttEndpoint:
     ws_path: str = "/$iothub/websocket"
     keep_alive_s: int = 60
     clean_session: bool = False
+    #: An HTTP proxy to tunnel through (``CONNECT host:port``), or None for direct.
+    proxy: ProxyRoute | None = None
 
     def __str__(self) -> str:
         scheme = "wss" if self.websockets else "mqtts"
-        return f"{scheme}://{self.host}:{self.port}"
+        via = f" via proxy {self.proxy}" if self.proxy is not None else ""
+        return f"{scheme}://{self.host}:{self.port}{via}"
 
 
 @dataclass(frozen=True)

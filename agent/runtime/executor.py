@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ from agent.runtime import endpoint as ev
 from agent.runtime.endpoint import MqttEndpoint, TlsSettings
 from agent.runtime.hardware import Hardware
 from agent.runtime.loop import Timers
+from agent.runtime.proxy import route_for
 from agent.runtime.sdnotify import Notifier
 from agent.store.state import StateStore
 
@@ -101,8 +103,11 @@ class Executor:
         status: Callable[[], Mapping[str, object]],
         recheck_identity: Callable[[], None],
         status_refresh_s: float | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
+        #: Where ``https_proxy`` / ``no_proxy`` come from (``[network]`` says nothing).
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.clock = clock
         self.rng = rng
         self.notifier = notifier
@@ -366,6 +371,7 @@ class Executor:
             websockets=websockets,
             keep_alive_s=cfg.hub.keep_alive_s,
             clean_session=True,
+            proxy=route_for(cfg.dps.host, cfg.network, self.environ),
         )
         payload = provisioning.registration_payload(
             model=str(cfg.dps.payload.get("model", "device-agent")),
@@ -445,6 +451,7 @@ class Executor:
             ),
             websockets=websockets,
             keep_alive_s=cfg.hub.keep_alive_s,
+            proxy=route_for(assignment.assigned_hub, cfg.network, self.environ),
         )
         self.session = HubSession(
             device_id=assignment.device_id,

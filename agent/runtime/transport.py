@@ -13,7 +13,8 @@ connected, a second :meth:`start_connect`, unusable TLS files).
 A connection goes through these phases, each bounded by ``connect_timeout_s`` overall::
 
     IDLE -start_connect-> TCP -writable-> TLS -handshake-> MQTT -CONNACK 0-> CONNECTED
-    TCP, TLS, MQTT -error or timeout-> IDLE (ConnectionLost)
+    TCP -writable, with a proxy-> PROXY -2xx to CONNECT-> TLS
+    TCP, PROXY, TLS, MQTT -error, refusal or timeout-> IDLE (ConnectionLost)
     MQTT -CONNACK n-> IDLE (ConnectRefused)
     CONNECTED -drop, keep-alive timeout or silence-> IDLE (ConnectionLost)
     any -disconnect()-> IDLE (no event);  any -close()-> CLOSED
@@ -40,6 +41,12 @@ Each :meth:`start_connect` makes a new paho client, so nothing of a lost connect
 (in-flight QoS 1 messages, packet ids) leaks into the next one: a message that got no
 :class:`PublishAcked` before :class:`ConnectionLost` is the caller's to send again.
 
+With an HTTP proxy (``endpoint.proxy``) the TCP connection goes to the proxy, which is
+asked to ``CONNECT`` to the endpoint (:mod:`agent.core.proxy` makes the request and reads
+the answer, non-blocking like the rest); TLS, and WebSockets if asked for, then run
+through the tunnel. A refusal (403, 407, 5xx) is a :class:`ConnectionLost` whose reason
+says so, and the lifecycle backs off as for any network failure.
+
 Server verification is always on: ``CERT_REQUIRED`` with ``check_hostname``, TLS 1.2 or
 later; an IP-address host is verified against the certificate's IP SANs.
 """
@@ -59,6 +66,8 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from agent.core import proxy as proxy_wire
+from agent.core.proxy import ConnectAnswerParser, ProxyAnswerError
 from agent.errors import TransportError
 from agent.runtime.endpoint import (
     Connected,
@@ -164,6 +173,7 @@ def _keepalive_due_s(client: Client, keep_alive_s: float) -> float:
 class _Phase(enum.Enum):
     IDLE = "idle"
     TCP = "tcp-connecting"
+    PROXY = "proxy-connect"
     TLS = "tls-handshake"
     MQTT = "awaiting-connack"
     CONNECTED = "connected"
@@ -197,6 +207,8 @@ class MqttTransport:
         self._refused = False
         self._closing = False
         self._tls_wants_write = False
+        self._proxy_request = b""  # CONNECT bytes not yet sent
+        self._proxy_answer: ConnectAnswerParser | None = None
         self._woken = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -224,7 +236,8 @@ class MqttTransport:
         self._closing = False
         self._tls_wants_write = False
         self._deadline = self._clock() + self._connect_timeout_s
-        host, port = self.endpoint.host, self.endpoint.port
+        proxy = self.endpoint.proxy
+        host, port = (proxy.host, proxy.port) if proxy else (self.endpoint.host, self.endpoint.port)
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             family, kind, proto, _, address = infos[0]
@@ -337,6 +350,8 @@ class MqttTransport:
         phase = self._phase
         if phase in (_Phase.TCP, _Phase.TLS):
             self._step_handshake(remaining)
+        elif phase is _Phase.PROXY:
+            self._step_proxy(remaining)
         elif phase in (_Phase.MQTT, _Phase.CONNECTED):
             self._step_mqtt(remaining)
         else:
@@ -378,17 +393,16 @@ class MqttTransport:
                 return
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
-                self._fail(f"TCP connect failed: {errno.errorcode.get(code, code)} ({code})")
+                name = errno.errorcode.get(code, code)
+                if self.endpoint.proxy is not None:
+                    self._fail(f"TCP connect to proxy {self.endpoint.proxy} failed: {name}")
+                else:
+                    self._fail(f"TCP connect failed: {name} ({code})")
                 return
-            try:
-                self._sock = self._context.wrap_socket(
-                    sock, server_hostname=self.endpoint.host, do_handshake_on_connect=False
-                )
-            except (OSError, ValueError) as exc:
-                self._fail(f"TLS set-up failed: {exc}")
-                return
-            self._phase = _Phase.TLS
-            self._advance_tls()
+            if self.endpoint.proxy is not None:
+                self._start_proxy_connect()
+            else:
+                self._start_tls(sock)
             return
         tls_sock = self._sock
         assert isinstance(tls_sock, ssl.SSLSocket)
@@ -398,6 +412,64 @@ class MqttTransport:
         )
         if tls_sock in readable or tls_sock in writable:
             self._advance_tls()
+
+    def _start_tls(self, sock: socket.socket) -> None:
+        try:
+            self._sock = self._context.wrap_socket(
+                sock, server_hostname=self.endpoint.host, do_handshake_on_connect=False
+            )
+        except (OSError, ValueError) as exc:
+            self._fail(f"TLS set-up failed: {exc}")
+            return
+        self._phase = _Phase.TLS
+        self._advance_tls()
+
+    def _start_proxy_connect(self) -> None:
+        proxy = self.endpoint.proxy
+        assert proxy is not None
+        self._proxy_request = proxy_wire.connect_request(
+            self.endpoint.host, self.endpoint.port, proxy.credentials
+        )
+        self._proxy_answer = ConnectAnswerParser()
+        self._phase = _Phase.PROXY
+        log.debug("asking proxy %s to CONNECT to %s", proxy, self.endpoint)
+
+    def _step_proxy(self, remaining: float) -> None:
+        sock, parser, proxy = self._sock, self._proxy_answer, self.endpoint.proxy
+        assert sock is not None and parser is not None and proxy is not None
+        wait = self._time_left(remaining)
+        if wait is None:
+            return
+        sending = bool(self._proxy_request)
+        readable, writable = self._wait([sock], [sock] if sending else [], wait)
+        try:
+            if sock in writable and self._proxy_request:
+                sent = sock.send(self._proxy_request)
+                self._proxy_request = self._proxy_request[sent:]
+            if sock not in readable:
+                return
+            data = sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(f"proxy {proxy}: connection failed: {exc}")
+            return
+        if not data:
+            self._fail(f"proxy {proxy} closed the connection without answering CONNECT")
+            return
+        try:
+            answer = parser.feed(data)
+        except ProxyAnswerError as exc:
+            self._fail(f"proxy {proxy}: {exc}")
+            return
+        if answer is None:
+            return
+        self._proxy_answer = None
+        if not answer.tunnel_open:
+            self._fail(proxy_wire.refusal(answer, proxy, self.endpoint.host, self.endpoint.port))
+            return
+        log.debug("proxy %s opened a tunnel to %s", proxy, self.endpoint)
+        self._start_tls(sock)
 
     def _advance_tls(self) -> None:
         tls_sock = self._sock

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
-from agent.config import load_config
+from agent.config import DEFAULT_MODEL_ID, load_config
 from agent.core.lifecycle import State
 from agent.store.files import STATE_FILE
 from agent.store.status import read_status
@@ -110,6 +110,7 @@ def test_provision_command_uses_custom_allocation_then_run_skips_dps(
         "model": "integration-test",
         "agentVersion": __version__,
         "sensors": ["sht4x@1:0x45", "bme280@1:0x76"],
+        "modelId": DEFAULT_MODEL_ID,
     }
     assert cloud.client.registration_attempts("dev-oneshot") == 1
     config = load_config(tmp_path / "agent.toml")

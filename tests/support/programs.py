@@ -63,6 +63,8 @@ PROGRAMS: Final[dict[str, str]] = {
     # Microsoft's DTDL parser (WebAssembly under node; the npm package fetched with npm).
     "node": "nodejs",
     "npm": "npm",
+    # The real HTTP proxy of the proxy tests.
+    "tinyproxy": "tinyproxy",
 }
 
 #: Programs another package than the table's may ship on some machines (still checked
