@@ -27,8 +27,9 @@ SYSTEM_PACKAGES += chromium
 # (a nodejs that ships its own npm conflicts with Debian's npm: then only nodejs is asked for).
 SYSTEM_PACKAGES += nodejs
 SYSTEM_PACKAGES += $(if $(shell command -v npm),,npm)
-# The agent is tested through a real HTTP proxy (started by the tests on loopback).
-SYSTEM_PACKAGES += tinyproxy
+# The agent is tested through a real HTTP proxy (started by the tests on loopback; the
+# program alone, not the tinyproxy package's system service).
+SYSTEM_PACKAGES += tinyproxy-bin
 APT := apt-get -o DPkg::Lock::Timeout=300 -y -q
 
 .PHONY: all demo test lint typecheck pytest sysdeps venv clean deb mutation bench

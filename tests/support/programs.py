@@ -64,7 +64,7 @@ PROGRAMS: Final[dict[str, str]] = {
     "node": "nodejs",
     "npm": "npm",
     # The real HTTP proxy of the proxy tests.
-    "tinyproxy": "tinyproxy",
+    "tinyproxy": "tinyproxy-bin",
 }
 
 #: Programs another package than the table's may ship on some machines (still checked
