@@ -512,11 +512,10 @@ class RestApi:
 
     async def _get_device(self, r: Request, m: re.Match[str]) -> Response:
         device = self._device(r, m[1])
-        body = render_device(device, connected=self._connected(device))
+        body = self._render_device(device)
         session = self.s.hubs[device.hub].sessions.get(device.device_id)
         body["connectionCertificateThumbprint"] = session.thumbprint if session else None
         return Response(200, body)
-        return Response(200, self._render_device(device))
 
     def _status(self, r: Request) -> bool | None:
         body = r.json() or {}
