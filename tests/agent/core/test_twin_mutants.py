@@ -251,7 +251,7 @@ def test_reported_document_for_enabled_disabled_and_unknown_sensors() -> None:
     assert sensors[BH]["enabled"] == {"value": False, "ac": 200, "av": 4, "ad": "applied"}
     assert sensors["ghost"] == {"enabled": settings.sensor_acks["ghost"]}
     assert doc[INTERVAL_KEY] == settings.interval_ack
-    assert doc["errors"] == {BME: "NACK"}
+    assert doc["sensorErrors"] == {BME: "NACK"}
 
 
 def test_reported_patch_sends_only_what_changed() -> None:
