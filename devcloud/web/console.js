@@ -193,7 +193,7 @@ function renderDevices() {
   el("td", { class: "device-id", text: d.deviceId }),
   el("td", {}, statusPill(d)),
   el("td", { class: "hub", text: d.hub }),
-  el("td", { class: "model", text: d.modelId || "—" }),
+  el("td", { class: "model", title: d.modelId || "no model announced", text: d.modelId || "—" }),
   el("td", { class: "last-seen", "data-time": d.lastActivityTime, text: ago(d.lastActivityTime) })));
   $("devices").tBodies[0].replaceChildren(...rows);
   $("devices-empty").hidden = state.devices.length > 0;

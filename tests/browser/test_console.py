@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agent.config import DEFAULT_MODEL_ID
 from agent.core.lifecycle import State
 from devcloud.errors import NotFoundError
 from tests.support.agentcloud import (
@@ -82,6 +83,9 @@ def test_page_lists_the_device_with_status_hub_and_last_seen(world: World) -> No
     expect(row).to_have_count(1, timeout=UI_TIMEOUT_MS)
     expect(row.locator("td.hub")).to_have_text(device["hub"])
     expect(row).to_contain_text("connected")
+    # The Plug and Play model id the agent announced (devcloud's modelId).
+    assert device["modelId"] == DEFAULT_MODEL_ID
+    expect(row.locator("td.model")).to_have_attribute("title", DEFAULT_MODEL_ID)
     expect(row.locator("td.last-seen")).not_to_have_text("never")
     expect(world.page.locator("#live")).to_have_text("live", timeout=UI_TIMEOUT_MS)
     expect(world.page.locator("#dps-summary")).to_contain_text(world.cloud.handle.id_scope)
