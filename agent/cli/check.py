@@ -5,7 +5,8 @@ Theory of operation
 Each check is a function that returns one :class:`CheckResult` (``ok``, ``warn``,
 ``fail`` or ``skip``) with a one-line detail a person can act on; none of them raises
 for a problem it finds. :func:`run_checks` runs them in order — configuration, clock,
-certificate and key, trust chain, state directory, DPS reachability, sensors — and
+certificate and key, trust chain, state directory, the HTTP proxy (when one is
+configured or in ``https_proxy``), DPS reachability (through that proxy), sensors — and
 skips those that depend on an earlier failure. DPS reachability is a TLS handshake
 plus an MQTT CONNECT to DPS, disconnected at once: it registers nothing and spends
 nothing of the reprovisioning budget.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,9 @@ def run_checks(
     yield result
     yield _check_trust_chain(config, moment, identity)
     yield _check_state_directory(config.state.directory)
+    proxy = _check_proxy(config, os.environ)
+    if proxy is not None:
+        yield proxy
     if not network:
         yield CheckResult("dps", "skip", "network checks turned off (--offline)")
     elif identity is None:
@@ -113,6 +117,8 @@ def files_the_service_reads(config: AgentConfig) -> list[Path]:
     paths = [config.source, ident.cert_chain_path, ident.key_path, *ident.trust_anchor_paths]
     if ident.key_passphrase_file is not None:
         paths.append(ident.key_passphrase_file)
+    if config.network.proxy_auth_path is not None:
+        paths.append(config.network.proxy_auth_path)
     paths += [p for p in (config.dps.server_ca_path, config.hub.server_ca_path) if p is not None]
     return list(dict.fromkeys(paths))
 
@@ -216,8 +222,28 @@ def _check_state_directory(directory: Path) -> CheckResult:
     )
 
 
+def _check_proxy(config: AgentConfig, environ: Mapping[str, str]) -> CheckResult | None:
+    """The HTTP proxy DPS is reached through, and its credentials file (None: no proxy)."""
+    from agent.runtime.proxy import ProxyAuthError, read_credentials, route_for
+
+    route = route_for(config.dps.host, config.network, environ)
+    if route is None:
+        return None
+    source = "[network] proxy" if config.network.proxy else "https_proxy"
+    auth = config.network.proxy_auth_path
+    if auth is not None:
+        try:
+            read_credentials(auth)
+        except ProxyAuthError as exc:
+            return CheckResult("proxy", "fail", f"{route} ({source}): {exc}")
+        return CheckResult("proxy", "ok", f"{route} ({source}), Basic credentials from {auth}")
+    credentials = ", with credentials" if route.credentials else ""
+    return CheckResult("proxy", "ok", f"{route} ({source}{credentials})")
+
+
 def _check_dps(config: AgentConfig, identity: Identity, timeout_s: float) -> CheckResult:
     from agent.core.wire import dps_username
+    from agent.runtime.proxy import route_for
     from agent.runtime.transport import (
         Connected,
         ConnectionLost,
@@ -240,6 +266,7 @@ def _check_dps(config: AgentConfig, identity: Identity, timeout_s: float) -> Che
             client_version=f"device-agent/{__version__}",
         ),
         websockets=websockets,
+        proxy=route_for(dps.host, config.network, os.environ),
     )
     tls = TlsSettings(
         cert_chain_path=identity.cert_chain_path,

@@ -137,3 +137,25 @@ def test_proxy_authentication_from_a_file(
         with AgentThread(authed) as agent:
             agent.wait_state(State.CONNECTED, timeout_s=20)
             _tunnels_to_dps_and_hub(cloud, proxy, "dev-auth")
+
+
+def test_check_reaches_dps_through_the_proxy_and_checks_the_credentials_file(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    from agent.cli.check import run_checks
+
+    host, port = _proxy_address(cloud)
+    secret = tmp_path / "proxy-auth"
+    secret.write_text("agent:s3cret\n")
+    secret.chmod(0o600)
+    with tinyproxy(tmp_path / "proxy", host, port, basic_auth=("agent", "s3cret")) as proxy:
+        network = f'proxy = "{proxy.url}"\nproxy_auth_path = "{secret}"'
+        config = _config(cloud, tmp_path, "dev-check", network)
+        results = {r.name: r for r in run_checks(config, sensors=False, dps_timeout_s=10)}
+        assert results["proxy"].status == "ok", results["proxy"]
+        assert proxy.url in results["proxy"].detail and str(secret) in results["proxy"].detail
+        assert results["dps"].status == "ok", results["dps"]
+        assert proxy.connects() == [f"{cloud.dps_host}:{cloud.ws_port}"]
+        secret.chmod(0o644)
+        results = {r.name: r for r in run_checks(config, sensors=False, dps_timeout_s=10)}
+        assert results["proxy"].status == "fail" and "chmod 600" in results["proxy"].detail
