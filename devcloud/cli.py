@@ -323,6 +323,9 @@ def build_parser(with_pki: bool = False) -> argparse.ArgumentParser:
     rsub.add_parser("stats", help="register requests and assignments per id").set_defaults(
         func=_simple(lambda c, a: c.dps_stats())
     )
+    rhistory = rsub.add_parser("history", help="what DPS did with one id's requests")
+    rhistory.add_argument("id", metavar="REGID")
+    rhistory.set_defaults(func=_simple(lambda c, a: c.registration_history(a.id)))
 
     device = commands.add_parser("device", help="devices in the hubs")
     device.set_defaults(func=_usage(device))

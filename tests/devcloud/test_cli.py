@@ -121,7 +121,19 @@ def test_operations(capsys: pytest.CaptureFixture[str], devcloud: DevCloudHandle
     assert run(capsys, devcloud, "device", "delete", "dev-1")[0] == 0
     assert run(capsys, devcloud, "device", "show", "dev-1")[0] == 1
     assert run(capsys, devcloud, "registration", "list")[1] == []
+    assert run(capsys, devcloud, "registration", "history", "never-registered")[0] == 1
     assert [h["name"] for h in run(capsys, devcloud, "hubs")[1]] == ["hub1", "hub2"]
+
+
+def test_registration_history_shows_what_dps_did(
+    capsys: pytest.CaptureFixture[str], devcloud: DevCloudHandle, mqtt_devices: list[MqttDevice]
+) -> None:
+    dps = MqttDevice.dps(devcloud, devcloud.pki.issue_device("dev-cli-h"), "dev-cli-h")
+    mqtt_devices.append(dps)
+    assert dps.connect() == 0
+    assert dps.register()[0] == 200
+    code, history, _ = run(capsys, devcloud, "registration", "history", "dev-cli-h")
+    assert code == 0 and [e["event"] for e in history] == ["accepted", "assigned"]
 
 
 def test_method_invoke_returns_the_device_answer(
