@@ -6,8 +6,16 @@ Sampling and publishing are decoupled by a :class:`TelemetryQueue`, so telemetry
 taken while offline waits for the hub (and a durable SQLite queue can later replace
 :class:`MemoryQueue` behind the same interface).
 
-1. :func:`sample` reads every enabled sensor; one that fails is reported in the
-   message's ``errors`` and the others carry on.
+1. A :class:`SampleRound` measures every enabled sensor in two steps, the way the
+   chips work: :meth:`SampleRound.start` starts all conversions at once (each
+   sensor's ``start()`` says how long its conversion takes), and
+   :meth:`SampleRound.collect`, called when the runtime's timer says one is due, reads
+   the finished ones (a sensor that says it is not ready yet, with its
+   ``remaining_s``, is asked again then). So a round takes as long as its slowest
+   conversion, not the sum, and the caller's loop is free in between; a sensor with
+   only ``read()`` is read in :meth:`SampleRound.start`. One that fails is reported in
+   the message's ``errors`` and the others carry on. :func:`sample` is the one-step
+   form (start, wait, collect) for callers without a loop.
 2. :func:`build_message` makes the JSON body (UTC timestamp, sequence number,
    readings with units from :data:`hal.sensor.UNITS`, per-sensor errors) and the
    system properties ``$.ct=application/json``, ``$.ce=utf-8`` and ``$.mid`` so hub
@@ -31,6 +39,7 @@ from typing import Protocol
 from agent.core import wire
 from agent.core.actions import Publish
 from agent.core.clock import utc_iso
+from hal.exc import ConversionNotReady
 from hal.sensor import UNITS, Sensor
 
 CONTENT_TYPE = "application/json"
@@ -67,13 +76,88 @@ def sample(sensors: Sequence[Sensor], *, disabled: frozenset[str] = frozenset())
         except Exception as exc:  # a failing sensor must not stop the others
             errors[sensor.name] = f"{type(exc).__name__}: {exc}"
             continue
-        good = {q: float(v) for q, v in values.items() if math.isfinite(v)}
-        bad = sorted(set(values) - set(good))
-        if bad:
-            errors[sensor.name] = f"non-finite value for {', '.join(bad)}"
-        if good:
-            readings[sensor.name] = good
+        _keep(sensor.name, values, readings, errors)
     return Sample(readings, errors)
+
+
+def _keep(
+    name: str,
+    values: Mapping[str, float],
+    readings: dict[str, dict[str, float]],
+    errors: dict[str, str],
+) -> None:
+    good = {q: float(v) for q, v in values.items() if math.isfinite(v)}
+    bad = sorted(set(values) - set(good))
+    if bad:
+        errors[name] = f"non-finite value for {', '.join(bad)}"
+    if good:
+        readings[name] = good
+
+
+class SampleRound:
+    """One sample of every enabled sensor in two steps: start all, collect each when ready.
+
+    Time comes in as ``now_s`` (monotonic seconds); both steps return the seconds until
+    the next collection is due, or None when the round is complete (:meth:`result`).
+    """
+
+    #: How often a sensor may say "not ready yet" before the round gives up on it.
+    MAX_RETRIES = 20
+
+    def __init__(self, sensors: Sequence[Sensor], *, disabled: frozenset[str] = frozenset()):
+        self._sensors = [s for s in sensors if s.name not in disabled]
+        self._due: dict[str, float] = {}
+        self._retries: dict[str, int] = {}
+        self._readings: dict[str, dict[str, float]] = {}
+        self._errors: dict[str, str] = {}
+
+    def start(self, now_s: float) -> float | None:
+        """Start every conversion; the wait until the first is due (None: nothing to do)."""
+        for sensor in self._sensors:
+            try:
+                wait_s = float(sensor.start())
+            except Exception as exc:  # a failing sensor must not stop the others
+                self._errors[sensor.name] = f"{type(exc).__name__}: {exc}"
+                continue
+            self._due[sensor.name] = now_s + max(0.0, wait_s)
+        return self._next(now_s)
+
+    def collect(self, now_s: float) -> float | None:
+        """Collect every conversion due by ``now_s``; the wait to the next, None if done."""
+        for sensor in self._sensors:
+            due = self._due.get(sensor.name)
+            if due is None or due > now_s:
+                continue
+            del self._due[sensor.name]
+            try:
+                values = sensor.collect()
+            except ConversionNotReady as exc:
+                retries = self._retries.get(sensor.name, 0)
+                if retries < self.MAX_RETRIES:
+                    self._retries[sensor.name] = retries + 1
+                    self._due[sensor.name] = now_s + max(0.0, exc.remaining_s)
+                else:
+                    self._errors[sensor.name] = f"{type(exc).__name__}: {exc}"
+                continue
+            except Exception as exc:  # a failing sensor must not stop the others
+                self._errors[sensor.name] = f"{type(exc).__name__}: {exc}"
+                continue
+            _keep(sensor.name, values, self._readings, self._errors)
+        return self._next(now_s)
+
+    @property
+    def done(self) -> bool:
+        """Every sensor read (or failed)."""
+        return not self._due
+
+    def result(self) -> Sample:
+        """What the round produced (call when :attr:`done`)."""
+        return Sample(dict(self._readings), dict(self._errors))
+
+    def _next(self, now_s: float) -> float | None:
+        if not self._due:
+            return None
+        return max(0.0, min(self._due.values()) - now_s)
 
 
 def build_message(

@@ -74,7 +74,7 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.core import lifecycle, provisioning
 from agent.core.clock import Clock, SystemClock, clock_unset, utc_iso
-from agent.core.telemetry import MemoryQueue, Publisher, build_message, sample
+from agent.core.telemetry import MemoryQueue, Publisher, Sample, SampleRound, build_message
 from agent.core.twin import Settings
 from agent.errors import (
     EX_OK,
@@ -92,6 +92,7 @@ from agent.identity.cache import files_signature, load_cached_identity, save_ide
 from agent.identity.child import load_in_child
 from agent.identity.keystore import Identity
 from agent.runtime.executor import (
+    COLLECT_TIMER,
     EFFECT_TIMER,
     IDENTITY_FILES_TIMER,
     IDENTITY_POLL_S,
@@ -165,6 +166,8 @@ class Daemon:
         self._identity_to_cache: Identity | None = None
         self.sequence = 0
         self._clock_unset_logged = False
+        #: The sample round whose conversions are running (None between rounds).
+        self._round: SampleRound | None = None
         self.started_at = self.clock.monotonic()
         self.last_telemetry_at: str | None = None
         self._stopped = threading.Event()
@@ -433,7 +436,9 @@ class Daemon:
         elif name == SAMPLE_TIMER:
             # Re-arm first, so the time sampling takes does not stretch the interval.
             self.timers.start(SAMPLE_TIMER, self.settings.telemetry_interval_s)
-            self._sample()
+            self._start_sample()
+        elif name == COLLECT_TIMER:
+            self._collect_sample()
         elif name == EFFECT_TIMER and actions.session is not None:
             actions.session_actions(actions.session.take_pending_effects())
         elif name.startswith("twin.") and actions.session is not None:
@@ -448,8 +453,8 @@ class Daemon:
 
     # -- telemetry ------------------------------------------------------------------------------
 
-    def _sample(self) -> None:
-        hardware = self.hardware
+    def _start_sample(self) -> None:
+        """Start every sensor's conversion; the round finishes on COLLECT_TIMER."""
         now = self.clock.time()
         if clock_unset(now):
             # A reading stamped 1970 is worse than none: hold sampling until the clock is set.
@@ -462,7 +467,28 @@ class Daemon:
         if self._clock_unset_logged:
             log.info("the system clock is set (%s): sampling telemetry", utc_iso(now))
             self._clock_unset_logged = False
-        taken = sample(hardware.sensors, disabled=self.settings.disabled_sensors)
+        if self._round is not None:
+            # Conversions longer than the interval: this tick is skipped, not queued up.
+            log.debug("sample skipped: the previous round is still converting")
+            return
+        self._round = SampleRound(self.hardware.sensors, disabled=self.settings.disabled_sensors)
+        self._after_step(self._round.start(self.clock.monotonic()))
+
+    def _collect_sample(self) -> None:
+        if self._round is not None:
+            self._after_step(self._round.collect(self.clock.monotonic()))
+
+    def _after_step(self, wait_s: float | None) -> None:
+        if wait_s is not None:
+            self.timers.start(COLLECT_TIMER, wait_s)
+            return
+        taken_round, self._round = self._round, None
+        if taken_round is not None:
+            self._finish_sample(taken_round.result())
+
+    def _finish_sample(self, taken: Sample) -> None:
+        """Queue the message of a finished round and publish it if connected."""
+        hardware = self.hardware
         self.sequence += 1
         now = self.clock.time()
         message = build_message(

@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.runtime.daemon")
 
 SAMPLE_TIMER = "telemetry.sample"
+#: A sample round's next collection (its conversions started at SAMPLE_TIMER).
+COLLECT_TIMER = "telemetry.collect"
 EFFECT_TIMER = "method.effect"
 IDENTITY_FILES_TIMER = "identity.files"
 STATUS_TIMER = "status.refresh"

@@ -12,11 +12,13 @@ from agent.core.telemetry import (
     MemoryQueue,
     Publisher,
     Sample,
+    SampleRound,
     TelemetryMessage,
     build_message,
     decode_body,
     sample,
 )
+from hal.sim.clock import ManualClock
 
 BME280 = "bme280@1:0x76"
 
@@ -124,3 +126,68 @@ def test_ack_after_drop_is_harmless() -> None:
     assert publisher.acked(1)
     assert publisher.acked_total == 0
     assert [p.tag for p in publisher.pump()] == ["m1"]
+
+
+def test_a_sample_round_overlaps_the_conversions_and_never_sleeps() -> None:
+    clock = ManualClock()
+    backend = hal.open_backend("mock", seed=3, clock=clock)
+    sensors = hal.open_sensors(backend, "auto", (1,))
+    try:
+        assert len(sensors) >= 2
+        durations = []
+        for sensor in sensors:  # each conversion alone, to compare with
+            alone = SampleRound([sensor])
+            wait = alone.start(clock.monotonic())
+            assert wait is not None
+            durations.append(wait)
+            clock.advance(wait)
+            assert alone.collect(clock.monotonic()) is None
+        clock.sleeps.clear()
+        begun = clock.monotonic()
+        round_ = SampleRound(sensors)
+        first_wait = round_.start(begun)
+        assert first_wait is not None and first_wait > 0
+        # Collected as the loop's timer says: every wait is the next conversion's end.
+        waits = [first_wait]
+        for _ in range(50):
+            clock.advance(waits[-1])
+            wait = round_.collect(clock.monotonic())
+            if wait is None:
+                break
+            waits.append(wait)
+        assert round_.done
+        taken = round_.result()
+        assert set(taken.readings) == {s.name for s in sensors}, taken.errors
+        assert taken.errors == {}
+        # As long as the slowest conversion, not their sum; and no step slept.
+        assert clock.monotonic() - begun == pytest.approx(max(durations))
+        assert max(durations) < sum(durations)
+        assert clock.sleeps == []
+    finally:
+        for sensor in sensors:
+            sensor.close()
+        backend.close()
+
+
+def test_a_round_collected_early_asks_again_and_a_failing_sensor_is_an_error() -> None:
+    clock = ManualClock()
+    backend = hal.open_backend("mock", seed=3, clock=clock)
+    sensors = hal.open_sensors(backend, "auto", (1,))
+    try:
+        round_ = SampleRound(sensors, disabled=frozenset({sensors[0].name}))
+        now = clock.monotonic()
+        wait = round_.start(now)
+        assert wait is not None
+        # Asked before anything is ready: nothing collected, the same wait again.
+        assert round_.collect(now) == pytest.approx(wait)
+        assert not round_.done
+        clock.advance(1.0)
+        assert round_.collect(clock.monotonic()) is None
+        taken = round_.result()
+        assert sensors[0].name not in taken.readings  # disabled
+        assert set(taken.readings) == {s.name for s in sensors[1:]}
+    finally:
+        for sensor in sensors:
+            sensor.close()
+        backend.close()
+    assert SampleRound([]).start(0.0) is None
