@@ -99,6 +99,13 @@ class IdentityMissingError(IdentityUnavailableError, FileNotFoundError):
     """
 
 
+class KeystoreCheckTimeoutError(IdentityUnavailableError, TimeoutError):
+    """The keystore check child did not answer in time (an overloaded machine at boot).
+
+    Not a verdict on the identity: the daemon waits (IDENTITY_WAIT) and checks again on
+    the lifecycle's timer, rather than exiting when a fleet boots at once."""
+
+
 class StateError(AgentError, ValueError):
     """The state file is corrupt, of another schema, or bound to another identity."""
 

@@ -31,6 +31,7 @@ from agent.errors import (
     IdentityMissingError,
     IdentityPendingError,
     KeyPermissionError,
+    KeystoreCheckTimeoutError,
     KeystoreError,
     TpmError,
     TpmUnavailableError,
@@ -192,8 +193,10 @@ def load_in_child(
 ) -> Identity:
     """Run the keystore's checks in ``python -m agent.identity.child``; return the identity.
 
-    Raises the :class:`~agent.errors.KeystoreError` leaf the keystore raised, or a
-    plain :class:`KeystoreError` if the child could not run or answered nonsense.
+    Raises the :class:`~agent.errors.KeystoreError` leaf the keystore raised,
+    :class:`~agent.errors.KeystoreCheckTimeoutError` (a wait, not a verdict) if it did not
+    answer within ``timeout_s``, or a plain :class:`KeystoreError` if the child could not
+    run or answered nonsense.
     """
     request = json.dumps(
         {
@@ -211,6 +214,11 @@ def load_in_child(
             check=False,
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         )
+    except subprocess.TimeoutExpired as exc:
+        raise KeystoreCheckTimeoutError(
+            f"the keystore check did not finish within {timeout_s:g} s (machine overloaded?);"
+            " checking again later"
+        ) from exc
     except (OSError, subprocess.SubprocessError) as exc:
         raise KeystoreError(f"could not run the keystore check: {exc}") from exc
     try:

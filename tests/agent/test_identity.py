@@ -11,7 +11,9 @@ import pytest
 from agent.errors import (
     CertificateInvalidError,
     IdentityMissingError,
+    IdentityUnavailableError,
     KeyPermissionError,
+    KeystoreCheckTimeoutError,
     KeystoreError,
 )
 from agent.identity.cache import files_signature
@@ -97,3 +99,14 @@ def test_files_signature_changes_when_a_file_is_replaced(pki: PKI) -> None:
     second = files_signature(config)
     issued.chain_path.unlink()
     assert files_signature(config) != second
+
+
+def test_a_child_that_does_not_answer_in_time_is_a_wait_not_a_verdict(pki: PKI) -> None:
+    issued = pki.issue_device("dev-slow")
+    now = datetime.now(UTC)
+    # No interpreter starts and imports cryptography in a millisecond: a real timeout.
+    with pytest.raises(KeystoreCheckTimeoutError, match="did not finish within") as caught:
+        load_in_child(config_for(issued, pki), config_path=CONFIG, now=now, timeout_s=0.001)
+    # The daemon waits in IDENTITY_WAIT on an IdentityUnavailableError instead of exiting 78.
+    assert isinstance(caught.value, IdentityUnavailableError)
+    assert isinstance(caught.value, TimeoutError)
