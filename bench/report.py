@@ -139,6 +139,7 @@ def summarize(results: Mapping[str, Any]) -> list[Row]:
         _row(results, "idle", "cpu_s_per_min", "idle: CPU", "s/min"),
         _row(results, "idle", "threads", "idle: threads", ""),
         _row(results, "cpu", "cpu_s_per_1000", "CPU per 1,000 messages", "s"),
+        _row(results, "cpu", "max_stall_ms", "loop: longest stall (wakeup -> next wait)", "ms"),
         _row(
             results, "backlog", "sampled_during_outage", "backlog: sampled while hub away", "msgs"
         ),
@@ -261,6 +262,16 @@ def markdown(results: Mapping[str, Any]) -> str:
                 f"| {goal['goal']} | {goal['target']}{limit} | "
                 f"{_fmt(goal['measured'])} {goal['unit']} | {verdict} |"
             )
+    for run in results.get("cpu", {}).get("agent", []):
+        loop = run.get("loop")
+        if loop:
+            buckets = ", ".join(f"{k} ms: {v}" for k, v in loop.get("stallsMs", {}).items())
+            lines += [
+                "",
+                f"Agent loop stalls over the CPU run ({run['messages']} messages): "
+                f"{loop.get('wakeups')} wakeups, longest {loop.get('maxStallMs')} ms; "
+                f"histogram {buckets}.",
+            ]
     check = results.get("budget")
     if check:
         verdict = "within" if check["rss_ok"] and check["threads_ok"] else "OVER"
@@ -353,6 +364,8 @@ def goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         _goal("RSS ≤ 0.65 x SDK", "0.65 x SDK steady RSS", agent("steady state: RSS"),
               _times(sdk("steady state: RSS"), 0.65), unit="MiB"),
         _goal("threads ≤ 3", "3", agent("steady state: threads"), 3.0),
+        _goal("loop stall ≤ 20 ms", "20 ms (sampling at a short interval)",
+              agent("loop: longest stall"), 20.0, unit="ms"),
         _goal("backlog drain ≥ 5 x SDK's rate", "5 x SDK msgs/s",
               agent("large backlog: drain rate"),
               _times(sdk("large backlog: drain rate"), 5.0), at_most=False, unit="msg/s"),

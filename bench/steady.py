@@ -13,6 +13,8 @@ Theory of operation
 * :func:`cpu_per_messages` runs one device at a time at a short interval and reads its
   CPU time when devcloud has stored message ``k`` and message ``k + cpu_messages``:
   CPU seconds per 1,000 messages delivered (sampling, encoding, TLS, acknowledgements).
+  For the agent it also takes the loop's own stall histogram from the ``status.json``
+  it writes when it stops (every wakeup of the whole run, the boot included).
 * :func:`large_backlog` holds back the PUBACKs of a connected device (devcloud's
   ``puback_delay_s`` set to the whole fill time) while it samples every
   ``backlog_interval_s`` (with no sensors, so that a sample takes no conversion time and
@@ -27,6 +29,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -114,6 +117,16 @@ def idle(
     }
 
 
+def loop_stats(spec: DeviceSpec) -> dict[str, Any] | None:
+    """The agent's own loop statistics from its last ``status.json`` (None: not the agent)."""
+    path = spec.folder / "agent-state" / "status.json"
+    try:
+        loop = json.loads(path.read_text()).get("loop")
+    except (OSError, ValueError):
+        return None
+    return loop if isinstance(loop, dict) else None
+
+
 @dataclass(frozen=True)
 class CpuPerMessages:
     """CPU time over a run of delivered messages."""
@@ -121,6 +134,9 @@ class CpuPerMessages:
     messages: int
     cpu_s: float
     wall_s: float
+    #: The agent's loop: wakeups, longest stall, stall histogram (ms) over the whole run.
+    loop: dict[str, Any] | None = None
+    max_stall_ms: float | None = None
 
     @property
     def cpu_s_per_1000(self) -> float:
@@ -157,7 +173,9 @@ def cpu_per_messages(
         stop_all([device])
     if len(got) < settings.cpu_messages:
         raise SteadyError(f"{name}: {len(got)} of {settings.cpu_messages} messages")
-    return CpuPerMessages(len(got), after.cpu_s - before.cpu_s, wall)
+    loop = loop_stats(spec)
+    stall = None if loop is None else float(loop.get("maxStallMs", 0.0))
+    return CpuPerMessages(len(got), after.cpu_s - before.cpu_s, wall, loop, stall)
 
 
 @dataclass(frozen=True)
