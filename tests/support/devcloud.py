@@ -147,10 +147,13 @@ def running_devcloud(
     state_dir: Path, *, pki: PKI | None = None, **overrides: Any
 ) -> Iterator[DevCloudHandle]:
     """Run a devcloud (see :func:`devcloud_config`) for the ``with`` block; check it stopped."""
+    # Only this runner's thread is checked: a longer-lived devcloud (a session fixture of
+    # another test package) may legitimately be running beside it.
+    before = {t for t in threading.enumerate() if t.name == "devcloud"}
     runner = DevCloudThread(devcloud_config(state_dir, **overrides), pki=pki)
     with runner as cloud:
         yield cloud
-    leftover = [t for t in threading.enumerate() if t.name == "devcloud"]
+    leftover = [t for t in threading.enumerate() if t.name == "devcloud" and t not in before]
     assert not leftover, f"devcloud threads left running: {leftover}"
 
 
