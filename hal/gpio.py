@@ -48,6 +48,8 @@ class LedPattern(Enum):
     CONNECTED = Blink(1.0, 0.0)
     OFFLINE = Blink(0.1, 1.9)
     ERROR = Blink(0.1, 0.1)
+    #: No identity yet (a fresh clone waiting for its certificate): a short flash each second.
+    WAITING = Blink(0.2, 0.8)
 
     @property
     def blink(self) -> Blink:

@@ -282,7 +282,8 @@ class Executor:
             self.notifier.stopping()
         if state is lifecycle.State.IDENTITY_WAIT and IDENTITY_FILES_TIMER not in self.timers:
             self.timers.start(IDENTITY_FILES_TIMER, IDENTITY_POLL_S)
-        self.hardware.show(state)
+        missing = self.machine is not None and self.machine.identity_missing
+        self.hardware.show(state, identity_missing=missing)
         self.write_status()
 
     def _status_refresh_s_now(self) -> float:

@@ -20,9 +20,15 @@ from agent.core import lifecycle
 log = logging.getLogger("agent.runtime.daemon")
 
 
-def led_pattern(state: lifecycle.State) -> str:
-    """The name of the :class:`hal.LedPattern` that shows ``state``."""
+def led_pattern(state: lifecycle.State, *, identity_missing: bool = False) -> str:
+    """The name of the :class:`hal.LedPattern` that shows ``state``.
+
+    ``identity_missing``: IDENTITY_WAIT because there is no identity yet (``WAITING``),
+    not an unusable one (``ERROR``).
+    """
     match state:
+        case lifecycle.State.IDENTITY_WAIT if identity_missing:
+            return "WAITING"
         case lifecycle.State.CONNECTED:
             return "CONNECTED"
         case lifecycle.State.PROVISIONING | lifecycle.State.CONNECTING:
@@ -91,14 +97,14 @@ class Hardware:
             self.hal_error = f"{type(exc).__name__}: {exc}"
             log.error("GPIO unavailable: %s", self.hal_error)
 
-    def show(self, state: lifecycle.State) -> None:
+    def show(self, state: lifecycle.State, *, identity_missing: bool = False) -> None:
         """Show ``state`` on the status LED (if there is one)."""
         if self.led is None:
             return
         import hal
 
         try:
-            self.led.show(hal.LedPattern[led_pattern(state)])
+            self.led.show(hal.LedPattern[led_pattern(state, identity_missing=identity_missing)])
         except hal.HALError as exc:
             log.warning("LED: %s", exc)
 

@@ -51,7 +51,7 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float = 3.0) -> bool:
 
 def test_patterns_are_distinct() -> None:
     blinks = [p.blink for p in LedPattern]
-    assert len(set(blinks)) == len(blinks) == 4
+    assert len(set(blinks)) == len(blinks) == 5
     assert LedPattern.CONNECTED.blink.steady
     assert not any(p.blink.steady for p in LedPattern if p is not LedPattern.CONNECTED)
 

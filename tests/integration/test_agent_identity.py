@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import hal
 from agent.core.lifecycle import State
 from devcloud.pki import Issued
 from tests.support.agentcloud import (
@@ -213,7 +214,9 @@ def test_no_identity_yet_waits_and_provisions_once_it_is_dropped_in(
     device.chain_path.unlink()
     device.key_path.unlink()
     state_dir = tmp_path / "state"
-    config = write_config(tmp_path / "agent.toml", cloud, device, state_dir=state_dir)
+    config = write_config(
+        tmp_path / "agent.toml", cloud, device, state_dir=state_dir, hal_extra="led_pin = 17"
+    )
     with AgentThread(config) as agent:
         agent.wait_state(State.IDENTITY_WAIT)
         status = wait_until(
@@ -222,6 +225,9 @@ def test_no_identity_yet_waits_and_provisions_once_it_is_dropped_in(
             ),
             what="status.json in IDENTITY_WAIT",
         )
+        led = agent.daemon.hardware.led
+        assert led is not None
+        wait_until(lambda: led.pattern is hal.LedPattern.WAITING, what="the WAITING LED")
         description = str(status["description"])
         assert description.startswith(f"waiting for identity in {device.chain_path.parent}/")
         assert str(config.identity.import_dir) in description
@@ -234,6 +240,7 @@ def test_no_identity_yet_waits_and_provisions_once_it_is_dropped_in(
             f.write(key)
         device.chain_path.write_bytes(chain)
         agent.wait_state(State.CONNECTED)
+        wait_until(lambda: led.pattern is hal.LedPattern.CONNECTED, what="the LED steady on")
         cloud.client.wait_for_telemetry(device_id="dev-firstboot", count=1, timeout_s=10)
         assert cloud.client.registration_attempts("dev-firstboot") == 1
         assert agent.stop() == 0
