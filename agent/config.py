@@ -117,6 +117,12 @@ class IdentityConfig:
     #: like ``cert_chain_path``, ``key_path`` and ``key_passphrase_file`` are moved from
     #: here to those paths by ``device-agent import-identity`` (device-agent-import.service).
     import_dir: Path = DEFAULT_IMPORT_DIR
+    #: Renew the operational certificate at this share of its lifetime (``issuance =
+    #: "dps"``), plus up to ``renew_jitter`` of it at random (a fleet spreads out).
+    renew_at: float = 0.8
+    renew_jitter: float = 0.05
+    #: How often the agent looks whether renewal is due.
+    renew_check_s: float = 3600.0
 
     @property
     def operational_cert(self) -> Path:
@@ -369,6 +375,9 @@ def _identity(t: _Table, base: Path) -> IdentityConfig:
         operational_cert_path=t.optional_path("operational_cert_path", base),
         operational_key_path=t.optional_path("operational_key_path", base),
         import_dir=t.optional_path("import_dir", base) or DEFAULT_IMPORT_DIR,
+        renew_at=t.share("renew_at", 0.8),
+        renew_jitter=t.share("renew_jitter", 0.05),
+        renew_check_s=t.seconds("renew_check_s", 3600.0),
     )
     if keystore == "tpm" and config.key_passphrase_file is not None:
         raise t.error("key_passphrase_file", "a TPM key has no passphrase file")
@@ -651,6 +660,16 @@ class _Table:
         if self.raw(name) is None:
             return None
         return self.integer(name, None, low, high)
+
+    def share(self, name: str, default: float) -> float:
+        """A share of something: a number from 0 to 1 (exclusive)."""
+        value = self._get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(name, f"expected a number from 0 to 1, got {_describe(value)}")
+        number = float(value)
+        if not (math.isfinite(number) and 0.0 <= number < 1.0):
+            raise self.error(name, f"expected a number from 0 to 1 (exclusive), got {value}")
+        return number
 
     def seconds(self, name: str, default: float) -> float:
         """A positive, finite duration in seconds (an integer is fine)."""

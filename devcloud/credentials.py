@@ -24,7 +24,8 @@ README, "Certificate issuance"):
 Fault injection for tests (:meth:`devcloud.registry.Registry.set_renewal_refusal`):
 ``error`` mode answers the request with the chosen errorCode after the 202 (its status
 is the code's first three digits); ``connect`` mode issues the certificate but marks it
-refused, so the hubs answer CONNACK 5 to a device presenting it.
+refused, so the hubs answer CONNACK 5 to a device presenting it (DPS applies ``connect``
+mode to the certificates it issues for the device too: a re-registration is a renewal).
 """
 
 from __future__ import annotations

@@ -62,7 +62,14 @@ from devcloud.errors import (
     UnauthorizedError,
 )
 from devcloud.issuance import ISSUANCE_API_VERSION, Issuer, b64_der, check_csr, decode_csr
-from devcloud.model import CredentialPolicy, Enrollment, IssuedVia, JsonObject, Registration
+from devcloud.model import (
+    CredentialPolicy,
+    Enrollment,
+    IssuedVia,
+    JsonObject,
+    RefusalMode,
+    Registration,
+)
 from devcloud.mqtt.endpoint import (
     CONNACK_ACCEPTED,
     CONNACK_BAD_USERNAME_OR_PASSWORD,
@@ -296,6 +303,9 @@ class Provisioner:
             return
         issued: tuple[str, ...] = ()
         if issue is not None and self.issuer is not None:
+            refusal = self.registry.renewal_refusal(
+                registration.assigned_hub, registration.device_id
+            )
             certs = self.issuer.issue(
                 issue.csr,
                 issue.policy,
@@ -303,6 +313,8 @@ class Provisioner:
                 device_id=registration.device_id,
                 hub=registration.assigned_hub,
                 via=IssuedVia.DPS,
+                # A re-registration is a renewal too: "connect" refusals apply to it.
+                refused=refusal is not None and refusal.mode is RefusalMode.CONNECT,
             )
             issued = tuple(b64_der(cert) for cert in certs)
         self.registry.count_assignment(operation.registration_id)

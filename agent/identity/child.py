@@ -154,12 +154,20 @@ def operational_config(config: IdentityConfig) -> IdentityConfig:
     """The ``[identity]`` of the operational identity: its chain and key, same keystore."""
     import dataclasses
 
+    from agent.identity.generations import current_paths
+
+    cert, key = current_paths(config)
     return dataclasses.replace(
-        config,
-        cert_chain_path=config.operational_cert,
-        key_path=config.operational_key,
-        key_passphrase_file=None,
-        issuance="none",
+        config, cert_chain_path=cert, key_path=key, key_passphrase_file=None, issuance="none"
+    )
+
+
+def candidate_config(config: IdentityConfig, cert: Path, key: Path) -> IdentityConfig:
+    """The ``[identity]`` of a renewal's candidate pair (same keystore and anchors)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        config, cert_chain_path=cert, key_path=key, key_passphrase_file=None, issuance="none"
     )
 
 

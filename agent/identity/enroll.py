@@ -222,13 +222,22 @@ def describe(config: IdentityConfig, *, now: datetime) -> dict[str, object]:
     return info
 
 
-def operational_csr(config: IdentityConfig, registration_id: str) -> str:
-    """The CSR (base64 DER) for the operational key, made first if there is none."""
+def operational_csr(
+    config: IdentityConfig, registration_id: str, key_path: Path | None = None
+) -> str:
+    """The CSR (base64 DER) for the operational key, made first if there is none.
+
+    ``key_path``: a renewal's candidate key instead, always made new.
+    """
+    import dataclasses
+
     from agent.identity.child import operational_config
     from agent.identity.csr import csr_base64
 
     operational = operational_config(config)
-    create_key(operational)
+    if key_path is not None:
+        operational = dataclasses.replace(operational, key_path=key_path)
+    create_key(operational, replace=key_path is not None)
     return csr_base64(make_csr(operational, registration_id))
 
 
@@ -240,8 +249,10 @@ def _main(argv: list[str]) -> int:
     answer: dict[str, object]
     try:
         if argv and argv[0] == "--operational-csr":
+            # --operational-csr REGID CONFIG [KEY]: KEY = a renewal's new key
             config = load_config(Path(argv[2])).identity
-            answer = {"csr": operational_csr(config, argv[1])}
+            key = Path(argv[3]) if len(argv) > 3 else None
+            answer = {"csr": operational_csr(config, argv[1], key)}
             sys.stdout.write(json.dumps(answer))
             return 0
         config = load_config(Path(argv[0])).identity

@@ -37,13 +37,17 @@ __all__ = ["install_chain", "request_csr"]
 CSR_TIMEOUT_S = 120.0
 
 
-def request_csr(config: AgentConfig, registration_id: str) -> str:
-    """The operational key's CSR (base64 DER), the key made first if missing."""
+def request_csr(config: AgentConfig, registration_id: str, key_path: Path | None = None) -> str:
+    """The operational key's CSR (base64 DER), the key made first if missing.
+
+    ``key_path``: make a new key there instead (a renewal's candidate) and its CSR.
+    """
+    extra = [] if key_path is None else [str(key_path)]
     try:
         done = subprocess.run(
             [
                 sys.executable, "-m", "agent.identity.enroll",
-                "--operational-csr", registration_id, str(config.source),
+                "--operational-csr", registration_id, str(config.source), *extra,
             ],
             capture_output=True,
             timeout=CSR_TIMEOUT_S,

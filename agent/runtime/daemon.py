@@ -96,6 +96,7 @@ from agent.runtime.executor import (
     EFFECT_TIMER,
     IDENTITY_FILES_TIMER,
     IDENTITY_POLL_S,
+    RENEWAL_TIMER,
     SAMPLE_TIMER,
     STATUS_TIMER,
     Executor,
@@ -261,6 +262,8 @@ class Daemon:
             reason = store.discard_reason or "first boot: no cached assignment"
             self.actions.feed(lifecycle.Boot(cached.assignment if cached else None, reason=reason))
         self.timers.start(SAMPLE_TIMER, 0.0)
+        if cfg.identity.issuance == "dps":
+            self.timers.start(RENEWAL_TIMER, cfg.identity.renew_check_s)
 
     def open_hardware(self) -> None:
         """Open the HAL, the sensors and GPIO (degrades, never raises)."""
@@ -329,7 +332,10 @@ class Daemon:
         if self.config.identity.issuance != "dps":
             return cached
         from agent.identity.child import operational_config
+        from agent.identity.generations import cleanup_uncommitted
 
+        for path in cleanup_uncommitted(self.config.identity):
+            log.info("removed %s: a renewal that never finished", path)
         operational = operational_config(self.config.identity)
         self.actions.operational = None
         if operational.cert_chain_path.exists():
@@ -445,6 +451,9 @@ class Daemon:
             actions.session_actions(actions.session.on_timer(name))
         elif name == STATUS_TIMER:
             actions.write_status()
+        elif name == RENEWAL_TIMER:
+            self.timers.start(RENEWAL_TIMER, self.config.identity.renew_check_s)
+            actions.maybe_renew()
         elif name == IDENTITY_FILES_TIMER and self.state is lifecycle.State.IDENTITY_WAIT:
             self.timers.start(IDENTITY_FILES_TIMER, IDENTITY_POLL_S)
             if files_signature(self.config.identity) != self._identity_files:

@@ -31,6 +31,7 @@ import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
@@ -64,6 +65,8 @@ COLLECT_TIMER = "telemetry.collect"
 EFFECT_TIMER = "method.effect"
 IDENTITY_FILES_TIMER = "identity.files"
 STATUS_TIMER = "status.refresh"
+#: Looks whether the operational certificate is due for renewal (``issuance = "dps"``).
+RENEWAL_TIMER = "identity.renewal"
 #: The timers of a connection's protocols (DPS, twin, method effects), by name prefix.
 CONNECTION_TIMER_PREFIXES = ("dps.", "twin.", "method.")
 #: status.json is refreshed between lifecycle changes at most this often (flash wear).
@@ -133,6 +136,11 @@ class Executor:
         self.provisioned_at: str | None = None
         #: The operational identity DPS issued (``issuance = "dps"``), for the hub.
         self.operational: Identity | None = None
+        #: A renewal in progress: the candidate (chain, key) paths, and once DPS issued
+        #: the chain, the checked candidate identity the next hub connection tries.
+        self.renewal: tuple[Path, Path] | None = None
+        self.candidate: Identity | None = None
+        self._renew_due: tuple[str, float] | None = None
 
     @property
     def state(self) -> lifecycle.State:
@@ -164,6 +172,19 @@ class Executor:
         if self.link is Link.DPS:
             self._route_dps(event)
             return
+        if self.candidate is not None:
+            match event:
+                case ev.Connected():
+                    self._commit_renewal()
+                case ev.ConnectRefused() | ev.ConnectionLost():
+                    # The hub does not take the renewed certificate: roll back to the
+                    # current one and reconnect with it (never lose a working identity).
+                    self._abandon_renewal(f"the hub refused the renewed certificate ({event})")
+                    self.close_transport()
+                    self.feed(lifecycle.HubUnavailable("renewed certificate refused; rolled back"))
+                    return
+                case _:
+                    pass
         match event:
             case ev.Connected():
                 self.feed(lifecycle.HubConnected())
@@ -313,9 +334,8 @@ class Executor:
     def tls(self, link: Link, identity: Identity | None = None) -> TlsSettings:
         """The TLS settings for a connection to ``link`` as ``identity`` (default: ours;
         for the hub, the operational identity DPS issued, when there is one)."""
-        ident = identity or (
-            self.operational if link is Link.HUB and self.operational else self.identity
-        )
+        hub_identity = self.candidate or self.operational
+        ident = identity or (hub_identity if link is Link.HUB and hub_identity else self.identity)
         assert ident is not None
         cfg = self.config
         ca = cfg.dps.server_ca_path if link is Link.DPS else cfg.hub.server_ca_path
@@ -356,7 +376,8 @@ class Executor:
             from agent.identity.operational import request_csr
 
             try:
-                csr = request_csr(cfg, ident.registration_id)
+                key = self.renewal[1] if self.renewal else None
+                csr = request_csr(cfg, ident.registration_id, key)
             except AgentError as exc:
                 log.error("certificate issuance: %s", exc)
                 self.feed(lifecycle.IdentityInvalid(f"certificate issuance: {exc}"))
@@ -395,12 +416,18 @@ class Executor:
         log.info("registering with DPS at %s:%d", endpoint.host, endpoint.port)
         self._open(Link.DPS, endpoint)
 
-    def _adopt_issued(self, chain: Sequence[str]) -> Identity:
-        """Install the chain DPS issued as the operational certificate and check it."""
-        from agent.identity.child import load_in_child, operational_config
+    def _adopt_issued(
+        self, chain: Sequence[str], candidate: tuple[Path, Path] | None = None
+    ) -> Identity:
+        """Install the chain DPS issued as the operational certificate (or, renewing, as
+        the candidate's) and check it."""
+        from agent.identity.child import candidate_config, load_in_child, operational_config
         from agent.identity.operational import install_chain
 
-        operational = operational_config(self.config.identity)
+        if candidate is None:
+            operational = operational_config(self.config.identity)
+        else:
+            operational = candidate_config(self.config.identity, *candidate)
         install_chain(operational.cert_chain_path, chain)
         now = datetime.fromtimestamp(self.clock.time(), UTC)
         identity = load_in_child(operational, config_path=self.config.source, now=now)
@@ -410,6 +437,68 @@ class Executor:
             identity.not_after.isoformat(timespec="seconds"),
         )
         return identity
+
+    # -- renewal ------------------------------------------------------------------------
+
+    def renewal_due_at(self) -> float | None:
+        """When the operational certificate is to be renewed (epoch s), or None.
+
+        At ``renew_at`` of its lifetime plus up to ``renew_jitter`` of it, drawn once per
+        certificate from the injected random source.
+        """
+        cfg, operational = self.config.identity, self.operational
+        if cfg.issuance != "dps" or operational is None:
+            return None
+        if self._renew_due is not None and self._renew_due[0] == operational.thumbprint:
+            return self._renew_due[1]
+        start, end = operational.not_before.timestamp(), operational.not_after.timestamp()
+        share = min(cfg.renew_at + cfg.renew_jitter * self.rng.random(), 0.99)
+        due = start + (end - start) * share
+        self._renew_due = (operational.thumbprint, due)
+        return due
+
+    def maybe_renew(self) -> None:
+        """Start a renewal (DPS re-registration with a new key's CSR) if it is due."""
+        due = self.renewal_due_at()
+        if due is None or self.renewal is not None or self.clock.time() < due:
+            return
+        if self.state is not lifecycle.State.CONNECTED:
+            return  # renew over a working connection only
+        from agent.identity.generations import candidate_paths
+
+        self.renewal = candidate_paths(self.config.identity, int(self.clock.time() * 1000))
+        log.info("renewing the operational certificate (due since %s)", utc_iso(due))
+        self.feed(lifecycle.ReprovisionRequested(force=False, reason="certificate renewal"))
+        if self.state is lifecycle.State.CONNECTED:  # the budget said not now
+            self._abandon_renewal("the reprovision budget does not allow it now")
+
+    def _abandon_renewal(self, why: str) -> None:
+        """Forget a renewal's candidate (its files go); the current pair stays current."""
+        from agent.identity.generations import discard
+
+        if self.renewal is None:
+            return
+        discard(*self.renewal)
+        log.warning("certificate renewal abandoned: %s; keeping the current certificate", why)
+        self.renewal = None
+        self.candidate = None
+        operational = self.operational
+        if operational is not None:  # try again after the next check, not at once
+            later = self.clock.time() + self.config.identity.renew_check_s
+            self._renew_due = (operational.thumbprint, later)
+
+    def _commit_renewal(self) -> None:
+        """The hub accepted the candidate: it becomes current (one atomic write)."""
+        from agent.identity.generations import commit
+
+        assert self.renewal is not None and self.candidate is not None
+        commit(self.config.identity, *self.renewal)
+        self.operational, self.candidate, self.renewal = self.candidate, None, None
+        log.info(
+            "certificate renewed: now %s..., valid until %s",
+            self.operational.thumbprint[:16],
+            self.operational.not_after.isoformat(timespec="seconds"),
+        )
 
     def dps_actions(self, actions: Sequence[provisioning.DpsAction]) -> None:
         """Carry out what the DPS registration answered."""
@@ -425,9 +514,13 @@ class Executor:
                     self.registration = None
                     if chain:
                         try:
-                            self.operational = self._adopt_issued(chain)
+                            if self.renewal is not None:
+                                self.candidate = self._adopt_issued(chain, self.renewal)
+                            else:
+                                self.operational = self._adopt_issued(chain)
                         except AgentError as exc:
                             log.error("the issued certificate cannot be used: %s", exc)
+                            self._abandon_renewal("the issued certificate cannot be used")
                             self.feed(lifecycle.ProvisioningFailed(exc, False, None))
                             continue
                     self.feed(lifecycle.ProvisioningSucceeded(assignment))

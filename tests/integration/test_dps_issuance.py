@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from agent.config import AgentConfig, load_config
 from agent.core.lifecycle import State
+from agent.identity.generations import current_paths
 from tests.support.agentcloud import (
     AgentThread,
     Cloud,
@@ -22,6 +23,7 @@ from tests.support.agentcloud import (
     wait_until,
     write_config,
 )
+from tests.support.fakeclock import ShiftedClock
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +101,81 @@ def test_an_operational_certificate_that_does_not_load_is_issued_again(
     assert der_thumbprint(config.identity.operational_cert) == issued[-1]["sha256Thumbprint"]
     chain = x509.load_pem_x509_certificates(config.identity.operational_cert.read_bytes())
     assert len(chain) == 3  # leaf, issuing CA, root
+
+
+LIFETIME_S = 30 * 86400  # the "fleet" policy
+
+
+def renewing_config(tmp_path: Path, cloud: Cloud, regid: str, **extra: object) -> AgentConfig:
+    config = issuing_config(tmp_path, cloud, regid)
+    lines = "".join(f"{k} = {v!r}\n" for k, v in {"renew_check_s": 0.1, **extra}.items())
+    config.source.write_text(config.source.read_text().replace("[dps]", f"{lines}\n[dps]", 1))
+    return load_config(config.source)
+
+
+def connected_with(cloud: Cloud, device_id: str) -> str | None:
+    return cloud.client.get_device(device_id)["connectionCertificateThumbprint"]
+
+
+def test_renewal_through_dps_driven_by_the_clock(tmp_path: Path, cloud: Cloud) -> None:
+    """At 80 % (+ jitter) of the lifetime the agent registers again with a new key's
+    CSR, connects with the new certificate and only then makes it current."""
+    config = renewing_config(tmp_path, cloud, "dev-renew")
+    clock = ShiftedClock()
+    with AgentThread(config, clock=clock) as agent:
+        agent.wait_state(State.CONNECTED, timeout_s=30)
+        first = der_thumbprint(config.identity.operational_cert)
+        old_key = config.identity.operational_key.read_bytes()
+        clock.offset_s = 0.86 * LIFETIME_S  # past 80 % + at most 5 % jitter
+        wait_until(
+            lambda: len(cloud.client.issued_certificates(registration_id="dev-renew")) == 2,
+            timeout_s=30,
+            what="a second certificate",
+        )
+        clock.offset_s = 0.0
+        second = cloud.client.issued_certificates(registration_id="dev-renew")[-1]
+        assert second["sha256Thumbprint"] != first
+        wait_until(
+            lambda: connected_with(cloud, "dev-renew") == second["sha256Thumbprint"],
+            timeout_s=30,
+            what="the hub connection with the renewed certificate",
+        )
+        cert, key = current_paths(config.identity)
+        assert der_thumbprint(cert) == second["sha256Thumbprint"]
+        assert key.read_bytes() != old_key and key.stat().st_mode & 0o777 == 0o600
+        assert not config.identity.operational_cert.exists()  # the old pair is gone
+        since = cloud.client.last_sequence_number()
+        cloud.client.wait_for_telemetry(device_id="dev-renew", since=since, count=2, timeout_s=15)
+
+
+def test_a_renewed_certificate_the_hub_refuses_is_rolled_back(tmp_path: Path, cloud: Cloud) -> None:
+    config = renewing_config(tmp_path, cloud, "dev-rollback")
+    clock = ShiftedClock()
+    with AgentThread(config, clock=clock) as agent:
+        agent.wait_state(State.CONNECTED, timeout_s=30)
+        first = der_thumbprint(config.identity.operational_cert)
+        cloud.client.refuse_renewals("dev-rollback", mode="connect")
+        clock.offset_s = 0.86 * LIFETIME_S
+        wait_until(
+            lambda: any(
+                c["refusedAtConnect"]
+                for c in cloud.client.issued_certificates(registration_id="dev-rollback")
+            ),
+            timeout_s=30,
+            what="a refused renewal",
+        )
+        clock.offset_s = 0.0
+        wait_until(
+            lambda: (
+                agent.state is State.CONNECTED and connected_with(cloud, "dev-rollback") == first
+            ),
+            timeout_s=30,
+            what="connected again with the old certificate",
+        )
+        assert der_thumbprint(current_paths(config.identity)[0]) == first
+        leftovers = list(config.identity.operational_cert.parent.glob("operational-*"))
+        assert leftovers == []
+        since = cloud.client.last_sequence_number()
+        cloud.client.wait_for_telemetry(
+            device_id="dev-rollback", since=since, count=2, timeout_s=15
+        )
