@@ -140,8 +140,13 @@ def test_renewal_through_dps_driven_by_the_clock(tmp_path: Path, cloud: Cloud) -
             timeout_s=30,
             what="the hub connection with the renewed certificate",
         )
-        cert, key = current_paths(config.identity)
-        assert der_thumbprint(cert) == second["sha256Thumbprint"]
+        # The hub counts the connection before its CONNACK reaches the agent, which commits
+        # on CONNACK: wait for the commit.
+        wait_until(
+            lambda: der_thumbprint(current_paths(config.identity)[0]) == second["sha256Thumbprint"],
+            what="the renewed pair to become current",
+        )
+        _, key = current_paths(config.identity)
         assert key.read_bytes() != old_key and key.stat().st_mode & 0o777 == 0o600
         assert not config.identity.operational_cert.exists()  # the old pair is gone
         since = cloud.client.last_sequence_number()
