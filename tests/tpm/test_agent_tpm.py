@@ -269,3 +269,47 @@ def test_dps_issuance_with_tpm_keys(
     assert cloud.client.get_device(regid)["connectionCertificateThumbprint"] == operational
     proc.terminate()
     assert proc.wait(15) == 0
+
+
+def test_renewal_with_tpm_keys_makes_a_new_blob_and_switches_to_it(
+    tmp_path: Path,
+    cloud: Cloud,
+    swtpm: SwTpm,
+    tpm2_provider: Provider,
+    agent_run: list[subprocess.Popen[bytes]],
+) -> None:
+    """A tiny ``renew_at`` makes the connected agent renew at once: the new key is a new
+    TSS2 blob in the TPM, the hub connection moves to the new certificate, and the
+    pointer names the new pair."""
+    regid = "tpm-renew"
+    config = tpm_config(tmp_path, cloud, swtpm, tpm2_provider, regid)
+    extra = 'issuance = "dps"\nrenew_at = 0.000001\nrenew_jitter = 0.0\nrenew_check_s = 0.1\n'
+    config.source.write_text(config.source.read_text().replace("[dps]", f"{extra}\n[dps]", 1))
+    config = load_config(config.source)
+    cloud.client.put_credential_policy("fleet", validity_days=30)
+    cloud.client.put_enrollment(regid, credential_policy="fleet")
+    agent(config, "keys", "create", "--tpm")
+    agent(config, "keys", "csr")
+    sign(cloud, config.identity.csr_path.read_bytes(), config.identity.cert_chain_path, days=365)
+    pointer = config.identity.operational_cert.with_name("operational.json")
+
+    proc = run_agent(config, agent_run)
+    wait_until(pointer.exists, timeout_s=60, what="a committed renewal")
+    doc = json.loads(pointer.read_text())
+    key, cert = Path(doc["key"]), Path(doc["cert"])
+    assert key.suffix == ".tss2"
+    assert key.read_text().startswith("-----BEGIN TSS2 PRIVATE KEY-----")
+    leaf = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    renewed = leaf.fingerprint(hashes.SHA256()).hex().upper()
+    issued = [
+        c["sha256Thumbprint"] for c in cloud.client.issued_certificates(registration_id=regid)
+    ]
+    assert renewed in issued and len(issued) >= 2
+    wait_until(
+        lambda: cloud.client.get_device(regid)["connectionCertificateThumbprint"] in issued[1:],
+        timeout_s=30,
+        what="the hub connection with a renewed certificate",
+    )
+    assert proc.poll() is None
+    proc.terminate()
+    assert proc.wait(15) == 0
