@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from agent.core import methods, twin, wire
 from agent.core.actions import CancelTimer, Publish, StartTimer, Subscribe
 from agent.core.telemetry import Publisher
+from agent.core.text import clip
 from agent.errors import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class ReportedContext:
     last_reprovision_reason: str | None
     sensors: tuple[twin.SensorInfo, ...]
     errors: Mapping[str, str]
+    #: The telemetry buffer's kind and drop counters (None: not reported).
+    telemetry_buffer: Mapping[str, object] | None = None
 
 
 class HubSession:
@@ -147,7 +150,7 @@ class HubSession:
         except wire.MalformedMethodPayload as exc:
             return [self._reply(exc.rid, methods.malformed(exc.problem))]
         except ProtocolError as exc:
-            log.warning("dropping a malformed message from the hub: %s", exc)
+            log.warning("dropping a malformed message from the hub: %s", clip(exc))
             return []
         match message:
             case wire.MethodRequest():
@@ -157,7 +160,9 @@ class HubSession:
             case wire.TwinResponse():
                 return self._on_twin_response(message)
             case wire.DeviceMessage(properties=props, body=body):
-                log.info("cloud-to-device message (%d bytes, properties %s)", len(body), props)
+                log.info(
+                    "cloud-to-device message (%d bytes, properties %s)", len(body), clip(props)
+                )
                 return []
 
     def on_published(self, tag: str, mid: int) -> None:
@@ -230,6 +235,7 @@ class HubSession:
             sensors=ctx.sensors,
             settings=self.settings,
             errors=ctx.errors,
+            telemetry_buffer=ctx.telemetry_buffer,
         )
 
     def _reply(self, rid: str, reply: methods.MethodReply) -> Publish:
@@ -238,7 +244,7 @@ class HubSession:
 
     def _on_method(self, request: wire.MethodRequest) -> list[SessionAction]:
         reply = methods.dispatch(request, status=self._status, budget_allows=self._budget_allows())
-        log.info("method %s -> %d", request.name, reply.status)
+        log.info("method %s -> %d", clip(request.name, 64), reply.status)
         publish = self._reply(request.rid, reply)
         actions: list[SessionAction] = [publish]
         match reply.effect:
@@ -283,7 +289,7 @@ class HubSession:
             full=full,
         )
         for reason in result.rejected:
-            log.warning("desired property rejected: %s", reason)
+            log.warning("desired property rejected: %s", clip(reason))
         self.rejected_desired = result.rejected
         changed = result.settings != self.settings
         self.settings = result.settings
@@ -301,7 +307,7 @@ class HubSession:
         try:
             document = wire.parse_twin_document(response.body)
         except ProtocolError as exc:
-            log.warning("twin GET: %s", exc)
+            log.warning("twin GET: %s", clip(exc))
             return []
         self._twin_get_rids.clear()
         self._hub_reported = {k: v for k, v in document.reported.items() if not k.startswith("$")}

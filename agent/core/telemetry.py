@@ -54,6 +54,8 @@ class TelemetryMessage:
     sequence: int
     body: bytes
     properties: Mapping[str, str]
+    #: When it was sampled (wall clock, epoch seconds); bounds the age in a buffer.
+    timestamp_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,9 @@ def build_message(
         "errors": dict(sample.errors),
     }
     properties = {"$.ct": CONTENT_TYPE, "$.ce": CONTENT_ENCODING, "$.mid": message_id}
-    return TelemetryMessage(message_id, sequence, wire.encode_json(body), properties)
+    return TelemetryMessage(
+        message_id, sequence, wire.encode_json(body), properties, timestamp_s=timestamp_s
+    )
 
 
 def decode_body(body: bytes) -> dict[str, object]:
@@ -188,7 +192,15 @@ def decode_body(body: bytes) -> dict[str, object]:
 class TelemetryQueue(Protocol):
     """Messages between sampling and publishing."""
 
-    dropped: int
+    @property
+    def dropped(self) -> int:
+        """Messages dropped so far, for any reason."""
+        ...
+
+    @property
+    def dropped_by(self) -> dict[str, int]:
+        """Dropped messages by reason (``count``, ``bytes``, ``age``, ``corrupt``)."""
+        ...
 
     def append(self, message: TelemetryMessage) -> None:
         """Add a message; if full, drop the oldest and count it."""
@@ -208,6 +220,19 @@ class TelemetryQueue(Protocol):
 
     def __len__(self) -> int:
         """Messages not yet acknowledged (pending + in flight)."""
+        ...
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence number for the next message (continues a durable buffer's)."""
+        ...
+
+    def flush(self) -> bool:
+        """Make what was appended and acknowledged durable; True if nothing is left over."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the queue's resources."""
         ...
 
 
@@ -254,6 +279,23 @@ class MemoryQueue:
 
     def __len__(self) -> int:
         return len(self._messages)
+
+    @property
+    def next_sequence(self) -> int:
+        """1: nothing survives a restart in memory."""
+        return 1
+
+    @property
+    def dropped_by(self) -> dict[str, int]:
+        """Drops by reason (memory: only the count bound)."""
+        return {"count": self.dropped}
+
+    def flush(self) -> bool:
+        """Nothing to make durable in memory."""
+        return True
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 class Publisher:

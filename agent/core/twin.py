@@ -26,11 +26,17 @@ minimal merge patch (``null`` deletes, as the twin's merge semantics say).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from agent.core.text import clip, describe
 from agent.core.wire import is_finite_number
 
+#: Longer desired sensor keys are refused without an echo (IoT Hub allows 1 KB names).
+MAX_KEY_CHARS = 128
+#: At most this many unknown sensor keys are acknowledged (404) per document.
+MAX_UNKNOWN_ACKS = 16
 MIN_INTERVAL_S = 1.0
 MAX_INTERVAL_S = 86_400.0
 INTERVAL_KEY = "telemetryIntervalSeconds"
@@ -69,11 +75,16 @@ def ack(value: object, code: int, version: int | None, description: str) -> dict
 def validate_interval(value: object) -> float:
     """A telemetry interval in seconds, or ValueError saying what is wrong."""
     if not is_finite_number(value):
-        raise ValueError(f"must be a number of seconds, got {type(value).__name__} {value!r}")
-    seconds = float(value)  # type: ignore[arg-type]
+        raise ValueError(
+            f"must be a number of seconds, got {type(value).__name__} {describe(value)}"
+        )
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an integer too large for a float
+        seconds = math.inf
     if not MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S:
         raise ValueError(
-            f"must be between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} s, got {value}"
+            f"must be between {MIN_INTERVAL_S:g} and {MAX_INTERVAL_S:g} s, got {describe(value)}"
         )
     return seconds
 
@@ -164,14 +175,18 @@ def _apply_sensors(
             f"{SENSORS_KEY} must be an object of sensor names, got {type(raw).__name__}"
         )
         return settings
+    unknown = 0
     for key, entry in raw.items():
         if key.startswith("$"):
             continue
         name = by_key.get(key)
         if name is None:
-            reason = f"{SENSORS_KEY}.{key}: no such sensor (known: {', '.join(sorted(by_key))})"
+            known = clip(", ".join(sorted(by_key)))
+            reason = f"{SENSORS_KEY}.{clip(key, 64)}: no such sensor (known: {known})"
             rejected.append(reason)
-            acks[key] = ack(None, 404, version, reason)
+            unknown += 1
+            if len(key) <= MAX_KEY_CHARS and unknown <= MAX_UNKNOWN_ACKS:
+                acks[key] = ack(None, 404, version, reason)
             continue
         enabled = entry.get("enabled") if isinstance(entry, Mapping) else entry
         if entry is None or (isinstance(entry, Mapping) and enabled is None):
@@ -181,7 +196,7 @@ def _apply_sensors(
             (disabled.discard if enabled else disabled.add)(name)
             acks[key] = ack(enabled, 200, version, "applied")
         else:
-            reason = f"{SENSORS_KEY}.{key}.enabled must be true or false, got {enabled!r}"
+            reason = f"{SENSORS_KEY}.{key}.enabled must be true or false, got {describe(enabled)}"
             rejected.append(reason)
             acks[key] = ack(name not in disabled, 400, version, reason)
     return replace(settings, disabled_sensors=frozenset(disabled), sensor_acks=acks)
@@ -197,6 +212,10 @@ class SensorInfo:
     units: Mapping[str, str]
 
 
+#: The reported property with the telemetry buffer's kind and drop counters.
+BUFFER_KEY = "telemetryBuffer"
+
+
 def build_reported(
     *,
     agent_version: str,
@@ -207,8 +226,9 @@ def build_reported(
     sensors: Sequence[SensorInfo],
     settings: Settings,
     errors: Mapping[str, str],
+    telemetry_buffer: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
-    """The full reported-properties document."""
+    """The full reported-properties document (``telemetryBuffer`` only if given)."""
     sensor_doc: dict[str, object] = {}
     for sensor in sensors:
         key = twin_key(sensor.name)
@@ -221,7 +241,7 @@ def build_reported(
     for key, acknowledgement in settings.sensor_acks.items():
         if key not in sensor_doc:  # e.g. a 404 for a sensor that does not exist
             sensor_doc[key] = {"enabled": dict(acknowledgement)}
-    return {
+    doc: dict[str, object] = {
         "agentVersion": agent_version,
         "hub": hub,
         "deviceId": device_id,
@@ -231,6 +251,9 @@ def build_reported(
         INTERVAL_KEY: dict(settings.interval_ack),
         SENSOR_ERRORS_KEY: {twin_key(k): v for k, v in errors.items()},
     }
+    if telemetry_buffer is not None:
+        doc[BUFFER_KEY] = dict(telemetry_buffer)
+    return doc
 
 
 def reported_patch(old: Mapping[str, object], new: Mapping[str, object]) -> dict[str, object]:

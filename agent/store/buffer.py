@@ -1,0 +1,444 @@
+"""The durable telemetry buffer: SQLite in WAL mode behind the core's queue interface.
+
+Theory of operation
+-------------------
+:class:`SqliteBuffer` implements :class:`~agent.core.telemetry.TelemetryQueue`. A
+message sampled is *appended* in memory; :meth:`SqliteBuffer.flush` (the daemon calls
+it every ``buffer_commit_interval_s``, and at shutdown) writes every message appended
+since the last flush and deletes every message acknowledged since, in **one**
+transaction. Once that commit returns, the message is *in the buffer*: it survives
+SIGKILL and power loss (``journal_mode=WAL``, ``synchronous=FULL``: the WAL is
+fsync-ed at each commit) and leaves it only when its PUBACK arrives (:meth:`ack`)
+and the next flush deletes it. A message published and acknowledged before the next
+flush is never written at all -- while the hub is reachable the buffer costs the SD
+card almost nothing; writes happen while offline, one commit per interval.
+
+Bounds, oldest dropped first and counted by reason (``dropped_by``): at most
+``max_messages`` messages, ``max_bytes`` of bodies, and nothing older than
+``max_age_s`` (by the sampling time). Messages keep their body (timestamp and
+sequence number inside) unchanged; :attr:`next_sequence` continues after the highest
+sequence ever committed (table ``meta``, key ``high_water``), so numbering goes on
+across restarts, and a test can tell, after a kill, which sequences had been committed.
+
+Only metadata (id, sequence, time, size) stays in memory for committed messages;
+bodies are read back in :meth:`take`. The in-flight window is the publisher's
+(``max_in_flight``); :meth:`release_in_flight` after a disconnect.
+
+Failures never stop sampling: a database that cannot be opened or written (disk
+full, read-only, I/O error) is logged, messages stay in memory (under the same
+bounds) and the next flush tries again; a file that is not a database, is malformed,
+is not a regular file or is far larger than the bounds allow is moved aside to
+``telemetry.db.corrupt-<timestamp>`` with a clear error and a fresh one is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import stat
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.core.clock import Clock
+from agent.core.telemetry import TelemetryMessage
+from agent.store.files import set_aside
+
+log = logging.getLogger(__name__)
+
+BUFFER_FILE = "telemetry.db"
+#: SQLite page size of a new buffer (bytes): what one commit rewrites per touched page.
+PAGE_SIZE = 1024
+SCHEMA_VERSION = 1
+#: A database file larger than this many times ``max_bytes`` (plus slack) is not ours.
+OVERSIZE_FACTOR = 4
+OVERSIZE_SLACK_BYTES = 4 * 1024 * 1024
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    message_id TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL,
+    sampled_at REAL NOT NULL,
+    properties TEXT NOT NULL,
+    body BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+DROP_REASONS = ("count", "bytes", "age", "corrupt")
+
+
+@dataclass
+class _Entry:
+    sequence: int
+    sampled_at: float
+    size: int
+    #: The message itself while it is not committed (None once it is in the database).
+    message: TelemetryMessage | None
+
+
+class SqliteBuffer:
+    """A bounded, durable :class:`~agent.core.telemetry.TelemetryQueue`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Clock,
+        max_messages: int,
+        max_bytes: int,
+        max_age_s: float,
+    ) -> None:
+        if max_messages < 1 or max_bytes < 1 or max_age_s <= 0:
+            raise ValueError("buffer bounds must be positive")
+        self.path = path
+        self._clock = clock
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._in_flight: set[str] = set()
+        self._to_delete: set[str] = set()
+        self._bytes = 0
+        self._db: sqlite3.Connection | None = None
+        self.dropped_by: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        #: The highest sequence number committed so far (0: none).
+        self.high_water = 0
+        #: Commits that wrote something (for the write budget).
+        self.commits = 0
+        #: Why the database is not in use right now (None when it is).
+        self.problem: str | None = None
+        self._read_failed = False
+        self._open()
+
+    # -- the queue interface -----------------------------------------------------------------
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped for any reason."""
+        return sum(self.dropped_by.values())
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence number the next sampled message should carry."""
+        newest = max((e.sequence for e in self._entries.values()), default=0)
+        return max(self.high_water, newest) + 1
+
+    def append(self, message: TelemetryMessage) -> None:
+        """Add ``message`` (committed at the next :meth:`flush`); enforce the bounds."""
+        size = len(message.body)
+        self._entries[message.message_id] = _Entry(
+            message.sequence, message.timestamp_s, size, message
+        )
+        self._bytes += size
+        self._enforce_bounds()
+
+    def take(self, limit: int) -> list[TelemetryMessage]:
+        """Up to ``limit`` oldest messages not in flight, marked in flight."""
+        self._drop_expired()
+        chosen = [mid for mid in self._entries if mid not in self._in_flight][: max(0, limit)]
+        stored = [mid for mid in chosen if self._entries[mid].message is None]
+        self._read_failed = False
+        bodies = self._read(stored) if stored else {}
+        taken: list[TelemetryMessage] = []
+        for mid in chosen:
+            message = self._entries[mid].message or bodies.get(mid)
+            if message is None:
+                if self._db is not None and not self._read_failed:
+                    # Gone from the database under us: count it, do not wedge on it.
+                    self._forget(mid, reason="corrupt")
+                continue  # else unreadable now: stays, for a later take
+            taken.append(message)
+            self._in_flight.add(mid)
+        return taken
+
+    def ack(self, message_id: str) -> bool:
+        """The message's PUBACK arrived: it leaves the buffer (deleted at the next flush)."""
+        self._in_flight.discard(message_id)
+        entry = self._entries.pop(message_id, None)
+        if entry is None:
+            return False
+        self._bytes -= entry.size
+        if entry.message is None:
+            self._to_delete.add(message_id)
+        return True
+
+    def release_in_flight(self) -> int:
+        """Everything in flight becomes pending again (after a disconnect)."""
+        count = len(self._in_flight)
+        self._in_flight.clear()
+        return count
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- durability ----------------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Commit what was appended and acknowledged since the last flush, in one transaction.
+
+        Returns True if the buffer is durable now (nothing left uncommitted). Never raises.
+        """
+        fresh = [(mid, e) for mid, e in self._entries.items() if e.message is not None]
+        if not fresh and not self._to_delete:
+            return True
+        if self._db is None and not self._open():
+            return False
+        db = self._db
+        assert db is not None
+        high_water = max([self.high_water, *(e.sequence for _, e in fresh)])
+        try:
+            with db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (
+                            mid,
+                            e.sequence,
+                            e.sampled_at,
+                            _properties_to_text(e.message.properties),
+                            e.message.body,
+                        )
+                        for mid, e in fresh
+                        if e.message is not None
+                    ],
+                )
+                if self._to_delete:
+                    db.executemany(
+                        "DELETE FROM messages WHERE message_id = ?",
+                        [(mid,) for mid in self._to_delete],
+                    )
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('high_water', ?)", (high_water,))
+        except sqlite3.DatabaseError as exc:
+            self._failed(exc)
+            return False
+        for _, entry in fresh:
+            entry.message = None
+        self._to_delete.clear()
+        self.high_water = high_water
+        self.commits += 1
+        self.problem = None
+        return True
+
+    def close(self) -> None:
+        """Flush and close the database."""
+        self.flush()
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _connect(self) -> tuple[sqlite3.Connection, str]:
+        """A connection in WAL mode with the schema in place; and the journal mode got."""
+        db = sqlite3.connect(
+            self.path, timeout=0.5, isolation_level="DEFERRED", check_same_thread=False
+        )
+        try:
+            # Small pages: a commit of one message rewrites a few 1 KiB pages, not 4 KiB ones
+            # (takes effect only when the file is created).
+            db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            db.commit()
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+            raise
+        return db, str(mode[0] if mode else "").lower()
+
+    def _open(self) -> bool:
+        """Open (or create) the database and load what it holds. False if unusable now."""
+        try:
+            self._check_file()
+            db, mode = self._connect()
+            schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if schema is None or schema[0] != SCHEMA_VERSION:
+                db.close()
+                raise sqlite3.DatabaseError(f"schema {schema!r}, expected {SCHEMA_VERSION}")
+            if db.execute("PRAGMA quick_check").fetchone() != ("ok",):
+                db.close()
+                raise sqlite3.DatabaseError("quick_check failed")
+            rows = db.execute(
+                "SELECT message_id, sequence, sampled_at, length(body) FROM messages"
+                " ORDER BY sequence"
+            ).fetchall()
+            high = db.execute("SELECT value FROM meta WHERE key = 'high_water'").fetchone()
+        except OSError as exc:
+            return self._unusable(f"cannot open {self.path}: {exc}")
+        except sqlite3.DatabaseError as exc:
+            if _is_disk_trouble(exc):
+                return self._unusable(f"cannot open {self.path}: {exc}")
+            self._set_aside(f"{exc}")
+            return self._open_fresh()
+        except sqlite3.Error as exc:
+            return self._unusable(f"cannot open {self.path}: {exc}")
+        if mode != "wal":
+            log.warning("%s: WAL journal not available (journal mode %r)", self.path, mode)
+        self._db = db
+        self._adopt(rows, int(high[0]) if high else 0)
+        return True
+
+    def _open_fresh(self) -> bool:
+        try:
+            self._db, _ = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            return self._unusable(f"cannot create {self.path}: {exc}")
+        return True
+
+    def _check_file(self) -> None:
+        """Refuse a path that is not a regular file, or one far too large to be ours."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return
+        limit = OVERSIZE_FACTOR * self.max_bytes + OVERSIZE_SLACK_BYTES
+        if not stat.S_ISREG(st.st_mode):
+            self._set_aside("not a regular file")
+        elif st.st_size > limit:
+            self._set_aside(f"{st.st_size} bytes, more than the bounds allow ({limit})")
+
+    def _adopt(self, rows: list[tuple[str, int, float, int]], high_water: int) -> None:
+        """Put what the database holds before anything appended since (it is older)."""
+        newer = self._entries
+        self._entries = OrderedDict()
+        for mid, sequence, sampled_at, size in rows:
+            if mid in newer or mid in self._to_delete:
+                continue
+            self._entries[mid] = _Entry(int(sequence), float(sampled_at), int(size), None)
+            self._bytes += int(size)
+        self._entries.update(newer)
+        self.high_water = max(self.high_water, high_water)
+        if rows:
+            log.info("telemetry buffer %s: %d message(s) kept from before", self.path, len(rows))
+        self._enforce_bounds()
+
+    def _read(self, message_ids: list[str]) -> dict[str, TelemetryMessage]:
+        if self._db is None:
+            return {}
+        marks = ",".join("?" * len(message_ids))
+        try:
+            rows = self._db.execute(
+                f"SELECT message_id, sequence, sampled_at, properties, body FROM messages"  # noqa: S608 - only placeholders
+                f" WHERE message_id IN ({marks})",
+                message_ids,
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            self._read_failed = True
+            self._failed(exc)
+            return {}
+        found: dict[str, TelemetryMessage] = {}
+        for mid, sequence, sampled_at, properties, body in rows:
+            try:
+                found[mid] = TelemetryMessage(
+                    str(mid),
+                    int(sequence),
+                    bytes(body),
+                    _properties_from_text(properties),
+                    timestamp_s=float(sampled_at),
+                )
+            except (TypeError, ValueError):
+                continue  # a row we cannot use is counted as lost by take()
+        return found
+
+    def _enforce_bounds(self) -> None:
+        self._drop_expired()
+        while len(self._entries) > self.max_messages:
+            self._forget(next(iter(self._entries)), reason="count")
+        while self._bytes > self.max_bytes and len(self._entries) > 1:
+            self._forget(next(iter(self._entries)), reason="bytes")
+
+    def _drop_expired(self) -> None:
+        oldest_allowed = self._clock.time() - self.max_age_s
+        while self._entries:
+            mid, entry = next(iter(self._entries.items()))
+            if entry.sampled_at >= oldest_allowed:
+                return
+            self._forget(mid, reason="age")
+
+    def _forget(self, message_id: str, *, reason: str) -> None:
+        entry = self._entries.pop(message_id)
+        self._in_flight.discard(message_id)
+        self._bytes -= entry.size
+        if entry.message is None:
+            self._to_delete.add(message_id)
+        self.dropped_by[reason] += 1
+
+    def _failed(self, exc: sqlite3.DatabaseError) -> None:
+        """A statement failed: disk trouble is retried later, corruption starts afresh."""
+        if _is_disk_trouble(exc):
+            # The connection stays: what is committed can still be read and sent.
+            why = f"{self.path}: {exc}; keeping new messages in memory and retrying"
+            if why != self.problem:
+                log.error("telemetry buffer: %s", why)
+            self.problem = why
+            return
+        log.error("telemetry buffer %s is corrupt (%s)", self.path, exc)
+        lost = [mid for mid, e in self._entries.items() if e.message is None]
+        for mid in lost:
+            self._forget(mid, reason="corrupt")
+        self._to_delete.clear()
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        self._set_aside(str(exc))
+        self._open_fresh()
+
+    def _set_aside(self, why: str) -> None:
+        copy = set_aside(self.path, self._clock.time())
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                Path(f"{self.path}{suffix}").unlink()
+        self.problem = f"{self.path}: {why}; set aside as {copy}, a fresh buffer started"
+        log.error("telemetry buffer %s", self.problem)
+
+    def _unusable(self, why: str) -> bool:
+        if why != self.problem:
+            log.error("telemetry buffer unusable: %s", why)
+        self.problem = why
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+        self._db = None
+        return False
+
+
+def _is_disk_trouble(exc: sqlite3.DatabaseError) -> bool:
+    """Full, read-only or failing storage (retry later), as opposed to a corrupt file."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    trouble = {
+        getattr(sqlite3, name, -1)
+        for name in (
+            "SQLITE_FULL",
+            "SQLITE_IOERR",
+            "SQLITE_READONLY",
+            "SQLITE_CANTOPEN",
+            "SQLITE_BUSY",
+            "SQLITE_LOCKED",
+            "SQLITE_PERM",
+        )
+    }
+    if code is not None and (code & 0xFF) in {t & 0xFF for t in trouble}:
+        return True
+    text = str(exc).lower()
+    return any(w in text for w in ("disk is full", "disk i/o", "readonly", "unable to open"))
+
+
+def _properties_to_text(properties: Mapping[str, str]) -> str:
+    return json.dumps(dict(properties))
+
+
+def _properties_from_text(text: object) -> dict[str, str]:
+    value = json.loads(str(text))
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError("properties must be an object of strings")
+    return value
