@@ -38,6 +38,7 @@ from types import MappingProxyType
 from typing import Literal, TypeVar, cast
 
 from agent.errors import ConfigError
+from agent.fileio import FileRefusedError, read_small_file
 from hal.sensor import SensorSpec
 
 __all__ = [
@@ -68,7 +69,12 @@ CONFIG_ENV_VAR = "DEVICE_AGENT_CONFIG"
 DEFAULT_IMPORT_DIR = Path("/boot/firmware/device-agent")
 
 TransportKind = Literal["mqtt", "websockets"]
+#: Where Azure IoT hubs live: the public cloud, Azure China and Azure US Government.
+AZURE_HUB_SUFFIXES = (".azure-devices.net", ".azure-devices.cn", ".azure-devices.us")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HUB_SUFFIX_RE = re.compile(rf"^\.?{_LABEL}(\.{_LABEL})*$")
 HalBackend = Literal["smbus", "mock"]
+TelemetryBuffer = Literal["sqlite", "memory"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PORT = 65535
@@ -150,6 +156,8 @@ class DpsConfig:
     api_version: str = "2019-03-31"
     #: Extra registration payload for custom allocation (JSON-compatible, read-only).
     payload: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    #: A hub name DPS assigns must end in one of these (``.suffix``) or equal one.
+    allowed_hub_suffixes: tuple[str, ...] = AZURE_HUB_SUFFIXES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,8 +180,11 @@ class LifecycleConfig:
     backoff_cap_s: float = 300.0
     long_outage_s: float = 1200.0
     dps_backoff_cap_s: float = 600.0
-    #: Slow retry after DPS answered 401/404.
+    #: Slow retry after DPS answered 401/404; first wait between DPS registrations that
+    #: follow hub rejections (growing up to ``dps_backoff_cap_s``).
     rejected_retry_s: float = 300.0
+    #: After a rejection, the hub is tried again at most this far apart (jittered).
+    rejected_hub_retry_s: float = 120.0
     reprovision_budget: int = 6
     reprovision_window_s: float = 3600.0
     connect_timeout_s: float = 30.0
@@ -186,6 +197,12 @@ class TelemetryConfig:
     interval_s: float = 60.0
     queue_max_messages: int = 1000
     max_in_flight: int = 10
+    #: "sqlite": the durable buffer in the state directory; "memory": lost on restart.
+    buffer: TelemetryBuffer = "sqlite"
+    buffer_max_bytes: int = 16 * 1024 * 1024
+    buffer_max_age_s: float = 7 * 24 * 3600.0
+    #: How often what was sampled and acknowledged is committed (flash wear vs. loss window).
+    buffer_commit_interval_s: float = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,11 +305,13 @@ def load_config(path: Path) -> AgentConfig:
     """Read and validate the TOML file at ``path``; raise :class:`ConfigError` on any problem."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_small_file(path)
     except FileNotFoundError:
         raise ConfigError(path, "", "no such file") from None
     except IsADirectoryError:
         raise ConfigError(path, "", "is a directory, expected a TOML file") from None
+    except FileRefusedError as exc:
+        raise ConfigError(path, "", f"{exc.strerror}; expected a TOML file") from exc
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from exc
     try:
@@ -398,9 +417,22 @@ def _dps(t: _Table, base: Path) -> DpsConfig:
         ws_port=t.integer("ws_port", 443, 1, MAX_PORT),
         api_version=t.api_version("api_version", "2019-03-31"),
         payload=t.json_table("payload"),
+        allowed_hub_suffixes=t.list_of(
+            "allowed_hub_suffixes", lambda key, v: _hub_suffix(t, key, v), AZURE_HUB_SUFFIXES
+        ),
     )
+    if not config.allowed_hub_suffixes:
+        raise t.error("allowed_hub_suffixes", "expected at least one suffix or host name")
     t.finish()
     return config
+
+
+def _hub_suffix(t: _Table, key: str, value: object) -> str:
+    if not isinstance(value, str) or not _HUB_SUFFIX_RE.match(value):
+        raise t.error(
+            key, f"expected a host name suffix such as '.azure-devices.net', got {_describe(value)}"
+        )
+    return value.lower()
 
 
 def _hub(t: _Table, base: Path) -> HubConfig:
@@ -477,6 +509,7 @@ def _lifecycle(t: _Table) -> LifecycleConfig:
         long_outage_s=t.seconds("long_outage_s", 1200.0),
         dps_backoff_cap_s=t.seconds("dps_backoff_cap_s", 600.0),
         rejected_retry_s=t.seconds("rejected_retry_s", 300.0),
+        rejected_hub_retry_s=t.seconds("rejected_hub_retry_s", 120.0),
         reprovision_budget=t.integer("reprovision_budget", 6, 1, 10_000),
         reprovision_window_s=t.seconds("reprovision_window_s", 3600.0),
         connect_timeout_s=t.seconds("connect_timeout_s", 30.0),
@@ -498,6 +531,10 @@ def _telemetry(t: _Table) -> TelemetryConfig:
         interval_s=t.seconds("interval_s", 60.0),
         queue_max_messages=t.integer("queue_max_messages", 1000, 1, 10_000_000),
         max_in_flight=t.integer("max_in_flight", 10, 1, 65535),
+        buffer=cast(TelemetryBuffer, t.choice("buffer", ("sqlite", "memory"), "sqlite")),
+        buffer_max_bytes=t.integer("buffer_max_bytes", 16 * 1024 * 1024, 4096, 1 << 40),
+        buffer_max_age_s=t.seconds("buffer_max_age_s", 7 * 24 * 3600.0),
+        buffer_commit_interval_s=t.seconds("buffer_commit_interval_s", 60.0),
     )
     t.finish()
     return config
@@ -514,6 +551,16 @@ def _hal(t: _Table) -> HalConfig:
         sensors = tuple(
             _sensor_spec(t.sub(f"sensors[{i}]", item)) for i, item in enumerate(raw_sensors)
         )
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(sensors):
+            name = spec.display_name
+            if name in seen:
+                raise t.error(
+                    f"sensors[{i}].name",
+                    f"{name!r} is also the name of sensors[{seen[name]}]; "
+                    "every sensor needs its own name (its telemetry and twin key)",
+                )
+            seen[name] = i
     else:
         raise t.error("sensors", 'expected "auto" or an array of [[hal.sensors]] tables')
     config = HalConfig(

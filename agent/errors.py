@@ -123,13 +123,43 @@ class TransportError(AgentError, ConnectionError):
     """The network, TLS or MQTT layer failed (transient unless said otherwise)."""
 
 
+#: What a refusal most likely means, for the operator (DPS or a hub, by CONNACK code).
+LIKELY_CAUSES: dict[tuple[str, int], str] = {
+    ("DPS", 5): (
+        "not authorized; likely causes: the certificate's CN is not the registration id, "
+        "no enrollment (individual or group) for this device, the enrollment is disabled, "
+        "or its CA is not uploaded and verified in DPS"
+    ),
+    ("DPS", 4): "bad user name; likely a wrong ID scope or registration id in the config",
+    ("hub", 5): (
+        "not authorized; likely causes: the device is disabled or deleted on this hub, "
+        "the certificate's CN is not the device id, or the hub does not trust its CA "
+        "(or the thumbprint registered for the device is another certificate's)"
+    ),
+    ("hub", 4): "bad user name; likely a device id the hub does not know",
+}
+#: The same for DPS answers 401/403 to a register request.
+DPS_UNAUTHORIZED_CAUSES = (
+    "likely causes: the certificate's CN is not the registration id, the enrollment or "
+    "its group is disabled or missing, the CA is not verified in DPS, or the "
+    "certificate is revoked"
+)
+
+
+def likely_causes(service: str, return_code: int) -> str:
+    """Why ``service`` ("DPS" or "hub") probably answered CONNACK ``return_code``."""
+    return LIKELY_CAUSES.get((service, return_code), "")
+
+
 class ConnectionRefusedByServer(TransportError):
     """The server answered CONNACK with a non-zero return code."""
 
     def __init__(self, return_code: int, endpoint: str) -> None:
         self.return_code = return_code
         self.endpoint = endpoint
-        super().__init__(f"{endpoint} refused the connection (CONNACK {return_code})")
+        causes = likely_causes(endpoint, return_code)
+        suffix = f": {causes}" if causes else ""
+        super().__init__(f"{endpoint} refused the connection (CONNACK {return_code}){suffix}")
 
     @property
     def is_rejection(self) -> bool:

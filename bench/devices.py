@@ -27,6 +27,7 @@ then SIGKILL). Output goes to a log file per device, never to a pipe that could 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -257,6 +258,7 @@ host = "{self.cloud.dps_host}"
 port = 8883
 id_scope = "{self.cloud.id_scope}"
 server_ca_path = "{ca}"
+allowed_hub_suffixes = {json.dumps(sorted(self.cloud.hub_hosts.values()))}
 
 [hub]
 port = 8883

@@ -140,6 +140,7 @@ host = "127.0.0.2"
 port = 8883
 id_scope = "0ne00000DEV"
 server_ca_path = "{root}"
+allowed_hub_suffixes = ["127.0.0.3", "127.0.0.4"]
 
 [dps.payload]
 model = "demo"

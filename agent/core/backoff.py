@@ -7,7 +7,9 @@ The n-th consecutive failure waits ``uniform(0, min(cap, base * 2**n))`` seconds
 is spread over the whole range so a fleet that lost its hub at the same moment does
 not come back in lockstep. A server's ``retry-after`` is honoured when given: the
 wait is then ``retry_after + uniform(0, base)`` -- never less than the server asked
-for, still spread a little. :meth:`Backoff.reset` after a success.
+for, still spread a little. :meth:`Backoff.reset` after a success. Waits that must
+keep growing (``growing=True``: what follows a hub rejection) draw from the upper half,
+``uniform(c/2, c)``, so a fleet still spreads but no device retries at once by chance.
 
 The random source is a :class:`random.Random` passed in, so tests are deterministic.
 """
@@ -40,18 +42,32 @@ def full_jitter(policy: BackoffPolicy, attempt: int, rng: random.Random) -> floa
     return rng.uniform(0.0, policy.ceiling_s(attempt))
 
 
+def growing_jitter(policy: BackoffPolicy, attempt: int, rng: random.Random) -> float:
+    """One draw of ``uniform(c/2, c)`` with ``c = min(cap, base * 2**attempt)``.
+
+    Unlike :func:`full_jitter` the wait never collapses towards 0: for waits that must
+    grow (registrations after a hub rejection), still spread over half the range.
+    """
+    ceiling = policy.ceiling_s(attempt)
+    return rng.uniform(ceiling / 2, ceiling)
+
+
 class Backoff:
     """Counts consecutive failures and hands out the next wait."""
 
-    def __init__(self, policy: BackoffPolicy, rng: random.Random) -> None:
+    def __init__(self, policy: BackoffPolicy, rng: random.Random, *, growing: bool = False) -> None:
         self.policy = policy
         self._rng = rng
+        #: :func:`growing_jitter` instead of :func:`full_jitter`.
+        self.growing = growing
         self.attempt = 0
 
     def next_delay_s(self, retry_after_s: float | None = None) -> float:
         """The wait before the next try; counts one more failure."""
         if retry_after_s is not None and retry_after_s >= 0:
             delay = retry_after_s + self._rng.uniform(0.0, self.policy.base_s)
+        elif self.growing:
+            delay = growing_jitter(self.policy, self.attempt, self._rng)
         else:
             delay = full_jitter(self.policy, self.attempt, self._rng)
         self.attempt += 1

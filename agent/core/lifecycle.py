@@ -42,14 +42,33 @@ reconnect after a drop) sends the agent to DPS at once; a hub unreachable for
 for it. If DPS then fails while the cached hub was never rejected, the agent goes
 back to trying the hub.
 
+Rejections cannot strand the device nor storm DPS. Only the *first* rejection since
+the last stable connection goes to DPS at once. Every later one waits: the agent tries
+the assigned hub again after a growing jittered wait (``backoff_base_s`` doubling up
+to ``rejected_hub_retry_s``, drawn from the upper half of the range), and registers
+with DPS again only once a growing gap has passed since the previous
+rejection-driven registration (``rejected_retry_s`` doubling up to
+``long_outage_s``, upper half too: under constant rejection about one registration
+every 10 to 20 minutes with the defaults). DPS handing back the very hub that just
+refused is recognised (``same_hub_again``): DPS cannot help then (the device is
+disabled or unknown on that hub), so the hub retries carry on. When the budget is
+spent the agent keeps trying the assigned hub slowly in HUB_BACKOFF instead of
+giving up on it, so a device that is re-enabled comes back by itself; REPROVISION_WAIT
+is only for a spent budget with no assignment at all. With the defaults, a device
+disabled for 150 s makes at most 2 to 3 registrations and is back within 120 s of
+being enabled. The rejection streak is forgiven after a stable connection
+(:data:`STABLE_CONNECTION_S`), so a hub flapping between accept and reject does not
+reset it.
+
 Retried slowly: DPS 401/403/404 and "failed"/"disabled" registrations wait about
 ``rejected_retry_s``; 429 honours ``retry-after``; other DPS failures back off up to
 ``dps_backoff_cap_s``.
 
 Budget: every registration that reaches DPS is recorded in an on-disk budget (at
 most ``reprovision_budget`` per ``reprovision_window_s``). When it is spent the
-agent keeps using a hub that still might work, else waits in REPROVISION_WAIT and
-says until when. Only a forced request (``{"force": true}``) overrides it.
+agent keeps trying its assigned hub (a rejected one slowly), else, with no
+assignment, waits in REPROVISION_WAIT and says until when. Only a forced request
+(``{"force": true}``) overrides it.
 
 Waits for a usable identity: a certificate that is not yet valid (a Pi without an
 RTC that booted before NTP), expired, not matching its key (a rotation that wrote the
@@ -81,7 +100,7 @@ from agent.core.backoff import Backoff, BackoffPolicy
 from agent.core.budget import ReprovisionBudget
 from agent.core.clock import Clock, utc_iso
 from agent.core.provisioning import Assignment
-from agent.errors import AgentError
+from agent.errors import AgentError, likely_causes
 
 TIMER = "lifecycle"
 #: Longest wait between two keystore re-checks in IDENTITY_WAIT.
@@ -371,7 +390,7 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.CONNECTING, ProvisioningFailed): _NO_DPS,
     (S.CONNECTING, RegistrationSent): _NO_DPS,
     (S.CONNECTING, HubConnected): go("connected", S.CONNECTED),
-    (S.CONNECTING, HubRejected): go("rejected", S.PROVISIONING, S.REPROVISION_WAIT),
+    (S.CONNECTING, HubRejected): go("rejected", S.PROVISIONING, S.HUB_BACKOFF, S.REPROVISION_WAIT),
     (S.CONNECTING, HubUnavailable): go("unavailable", S.HUB_BACKOFF),
     (S.CONNECTING, ConnectionDropped): go("unavailable", S.HUB_BACKOFF),
     (S.CONNECTING, ReprovisionRequested): go("reprovision", S.CONNECTING, S.PROVISIONING),
@@ -451,7 +470,7 @@ TABLE: dict[tuple[State, type[Event]], Rule] = {
     (S.IDENTITY_WAIT, Stop): _STOP,
     (S.IDENTITY_WAIT, IdentityInvalid): go("identity_invalid", S.IDENTITY_WAIT),
     (S.IDENTITY_WAIT, IdentityLoaded): go(
-        "identity_loaded", S.CONNECTING, S.PROVISIONING, S.REPROVISION_WAIT
+        "identity_loaded", S.CONNECTING, S.PROVISIONING, S.HUB_BACKOFF, S.REPROVISION_WAIT
     ),
 }
 # STOPPING: the daemon is closing down; whatever still arrives changes nothing.
@@ -532,6 +551,21 @@ class Lifecycle:
         self.identity_problem: str | None = None
         #: IDENTITY_WAIT because there is no identity at all yet (not an unusable one).
         self.identity_missing = False
+        #: Hub rejections since the last stable connection.
+        self.rejections = 0
+        #: The last assignment DPS gave is the hub that had just refused the device.
+        self.same_hub_again = False
+        #: No rejection-driven DPS registration before this monotonic time.
+        self.rejection_dps_not_before = 0.0
+        hub_retry_cap = max(config.rejected_hub_retry_s, config.backoff_base_s)
+        self.rejected_hub_backoff = Backoff(
+            BackoffPolicy(config.backoff_base_s, hub_retry_cap), rng, growing=True
+        )
+        rereg_cap = max(config.long_outage_s, config.rejected_retry_s)
+        self.rejection_dps_backoff = Backoff(
+            BackoffPolicy(config.rejected_retry_s, rereg_cap), rng, growing=True
+        )
+        self._rejected_hub: Assignment | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -565,6 +599,12 @@ class Lifecycle:
                 return f"connecting to {hub}"
             case State.PROVISIONING:
                 return f"registering with DPS ({self.reprovision_reason})"
+            case State.HUB_BACKOFF if self.hub_rejected:
+                again = " (DPS assigned it again)" if self.same_hub_again else ""
+                return (
+                    f"hub {hub} refused the device{again}: {self.last_error}; "
+                    "trying it again with growing waits, DPS again later"
+                )
             case State.HUB_BACKOFF:
                 return f"hub {hub} unreachable ({self.last_error}); retrying"
             case State.DPS_BACKOFF:
@@ -619,6 +659,9 @@ class Lifecycle:
         if self._hub_usable():
             # Keep trying the hub that may still work; DPS once the budget allows.
             return self._wait(State.HUB_BACKOFF, self.hub_backoff.next_delay_s())
+        if self.assignment is not None:
+            # Rejected, budget spent: keep trying it slowly, it may be re-enabled.
+            return self._wait(State.HUB_BACKOFF, self.rejected_hub_backoff.next_delay_s())
         return self._wait(State.REPROVISION_WAIT, self.budget.next_allowed_at(now) - now)
 
     def _start_outage(self) -> None:
@@ -643,6 +686,11 @@ class Lifecycle:
         assert isinstance(event, ProvisioningSucceeded)
         self.dps_backoff.reset()
         self.hub_backoff.reset()
+        refused = self._rejected_hub
+        self.same_hub_again = refused is not None and (
+            (refused.assigned_hub, refused.device_id)
+            == (event.assignment.assigned_hub, event.assignment.device_id)
+        )
         self.assignment = event.assignment
         self.hub_rejected = False
         self.outage_started = None
@@ -668,6 +716,10 @@ class Lifecycle:
         if self._hub_usable():
             # The cached hub was never rejected: go back to it, DPS again after `delay`.
             return [Disconnect(), *self._wait(State.HUB_BACKOFF, self.hub_backoff.next_delay_s())]
+        if self.assignment is not None and self.rejections > 0:
+            # DPS down while the hub rejects: keep trying the hub slowly meanwhile.
+            retry = self.rejected_hub_backoff.next_delay_s()
+            return [Disconnect(), *self._wait(State.HUB_BACKOFF, retry)]
         return [Disconnect(), *self._wait(State.DPS_BACKOFF, delay)]
 
     def _connected(self, event: Event) -> list[AnyAction]:
@@ -680,8 +732,34 @@ class Lifecycle:
     def _rejected(self, event: Event) -> list[AnyAction]:
         assert isinstance(event, HubRejected)
         self.hub_rejected = True
-        self.last_error = f"hub refused the device (CONNACK {event.return_code})"
-        return [Disconnect(), *self._to_dps(self.last_error)]
+        self.rejections += 1
+        self._rejected_hub = self.assignment
+        causes = likely_causes("hub", event.return_code)
+        self.last_error = f"hub refused the device (CONNACK {event.return_code}: {causes})"
+        now = self._clock.monotonic()
+        if now >= max(self.rejection_dps_not_before, self.dps_not_before):
+            # The first rejection, or the growing gap since the last registration passed.
+            return [Disconnect(), *self._to_dps_after_rejection(now)]
+        # Meanwhile DPS could only say the same (same_hub_again): retry the hub itself.
+        retry = self.rejected_hub_backoff.next_delay_s()
+        return [Disconnect(), *self._wait(State.HUB_BACKOFF, retry)]
+
+    def _to_dps_after_rejection(self, now: float) -> list[AnyAction]:
+        """Register with DPS (budget permitting); the next such registration waits longer."""
+        actions = self._to_dps(self.last_error or "hub refused the device")
+        if self.state is State.PROVISIONING:
+            gap = self.rejection_dps_backoff.next_delay_s()
+            self.rejection_dps_not_before = now + gap
+        return actions
+
+    def _forgive_rejections(self) -> None:
+        """A stable connection: the next rejection is news again."""
+        self.rejections = 0
+        self.same_hub_again = False
+        self._rejected_hub = None
+        self.rejection_dps_not_before = 0.0
+        self.rejected_hub_backoff.reset()
+        self.rejection_dps_backoff.reset()
 
     def _unavailable(self, event: Event) -> list[AnyAction]:
         assert isinstance(event, HubUnavailable | ConnectionDropped)
@@ -694,6 +772,7 @@ class Lifecycle:
         now = self._clock.monotonic()
         if self.connected_at is not None and now - self.connected_at >= STABLE_CONNECTION_S:
             self.hub_backoff.reset()
+            self._forgive_rejections()
         self.connected_at = None
         return self._unavailable(event)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from agent.core.text import CLIP_CHARS, clip, describe
 from agent.core.twin import validate_interval
 from agent.core.wire import MethodRequest
 
@@ -68,11 +69,11 @@ def _reprovision(payload: object, budget_allows: bool, budget_message: str) -> M
     unknown = set(args) - {"force"}
     if unknown:
         raise ValueError(
-            f"reprovision: unknown field(s) {sorted(unknown)}; only 'force' is allowed"
+            f"reprovision: unknown field(s) {describe(sorted(unknown))}; only 'force' is allowed"
         )
     force = args.get("force", False)
     if not isinstance(force, bool):
-        raise ValueError(f"reprovision: 'force' must be true or false, got {force!r}")
+        raise ValueError(f"reprovision: 'force' must be true or false, got {describe(force)}")
     if not force and not budget_allows:
         return _error(429, f'{budget_message}; pass {{"force": true}} to override')
     return MethodReply(202, {"message": "reprovisioning", "force": force}, Reprovision(force))
@@ -112,11 +113,11 @@ def dispatch(
                 return _set_interval(request.payload)
             case _:
                 known = ", ".join(KNOWN_METHODS)
-                return _error(404, f"unknown method {request.name!r}; known: {known}")
+                return _error(404, f"unknown method {clip(request.name, 64)!r}; known: {known}")
     except ValueError as exc:
-        return _error(400, str(exc))
+        return _error(400, clip(exc, 2 * CLIP_CHARS))
     except Exception as exc:  # a handler bug must not crash the daemon
-        return _error(500, f"{request.name} failed: {type(exc).__name__}: {exc}")
+        return _error(500, f"{clip(request.name, 64)} failed: {type(exc).__name__}: {clip(exc)}")
 
 
 def malformed(problem: str) -> MethodReply:

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from agent.core import wire
 from agent.core.actions import CancelTimer, Publish, StartTimer, Subscribe
 from agent.core.backoff import Backoff, BackoffPolicy
+from agent.core.text import clip
 from agent.errors import (
+    DPS_UNAUTHORIZED_CAUSES,
     AgentError,
     ConnectionRefusedByServer,
     ProtocolError,
@@ -195,6 +197,7 @@ class Registration:
         max_throttled: int = 8,
         fallback_time_utc: str = "",
         csr: str | None = None,
+        allowed_hub_suffixes: Sequence[str] | None = None,
     ) -> None:
         self.registration_id = registration_id
         #: Base64 DER CSR sent with the request (certificate issuance), if any.
@@ -204,6 +207,10 @@ class Registration:
         self.default_poll_s = default_poll_s
         self.max_throttled = max_throttled
         self.fallback_time_utc = fallback_time_utc
+        #: None: any hub DPS names is accepted (only for tests of the protocol itself).
+        self.allowed_hub_suffixes = (
+            None if allowed_hub_suffixes is None else tuple(allowed_hub_suffixes)
+        )
         self._throttle = Backoff(throttle_policy or BackoffPolicy(1.0, 60.0), rng)
         self.phase = Phase.CONNECTING
         self.operation_id: str | None = None
@@ -324,7 +331,9 @@ class Registration:
             )
         if status == 200:
             return self._on_final(response)
-        message = response.message or f"DPS answered {status}"
+        message = clip(response.message or f"DPS answered {status}", 400)
+        if status in (401, 403):
+            message = f"{message} ({DPS_UNAUTHORIZED_CAUSES})"
         error = ProvisioningError(status, message, retry_after_s=response.retry_after_s)
         return self._fail(
             error, rejected=status in REJECTION_STATUSES, retry_after_s=response.retry_after_s
@@ -336,6 +345,14 @@ class Registration:
         if status == "assigned":
             if state is None or not state.assigned_hub or not state.device_id:
                 return self._fail(ProtocolError("DPS: 'assigned' without assignedHub/deviceId"))
+            suffixes = self.allowed_hub_suffixes
+            if suffixes is not None and not hub_allowed(state.assigned_hub, suffixes):
+                refused = ProvisioningError(
+                    200,
+                    f"DPS assigned the hub {clip(state.assigned_hub, 100)!r}, which is not in "
+                    f"[dps] allowed_hub_suffixes ({', '.join(suffixes)}); refused",
+                )
+                return self._fail(refused, rejected=True)
             assignment = Assignment(
                 assigned_hub=state.assigned_hub,
                 device_id=state.device_id,
@@ -352,6 +369,18 @@ class Registration:
             self.phase = Phase.DONE
             self.outcome = Assigned(assignment, state.issued_chain)
             return [CancelTimer(RETRY_TIMER), CancelTimer(TIMEOUT_TIMER), self.outcome]
-        detail = (state.error_message if state else None) or response.message or ""
+        detail = clip((state.error_message if state else None) or response.message or "", 400)
         error = ProvisioningError(200, f"registration {status}: {detail}".rstrip(": "))
         return self._fail(error, rejected=status in ("failed", "disabled"))
+
+
+def hub_allowed(hostname: str, suffixes: Sequence[str]) -> bool:
+    """Whether ``hostname`` ends in one of ``suffixes`` (``.suffix``) or equals one."""
+    host = hostname.lower().rstrip(".")
+    for suffix in (entry.lower() for entry in suffixes):
+        if suffix.startswith("."):
+            if host.endswith(suffix) and len(host) > len(suffix):
+                return True
+        elif host == suffix:
+            return True
+    return False

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from agent.config import IdentityConfig
+from agent.fileio import read_small_file
 from agent.identity.child import config_to_json, identity_from_json, identity_to_json
 from agent.identity.keystore import Identity
 from agent.store.files import IDENTITY_CACHE_FILE, atomic_write
@@ -87,7 +88,7 @@ def load_cached_identity(
     Never raises: an absent, corrupt or stale cache is the same as no cache.
     """
     try:
-        raw = (state_dir / IDENTITY_CACHE_FILE).read_bytes()
+        raw = read_small_file(state_dir / IDENTITY_CACHE_FILE)
     except FileNotFoundError:
         return None, "no identity cache"
     except OSError as exc:
@@ -126,7 +127,7 @@ def _validated(doc: object, config: IdentityConfig, now: datetime) -> tuple[Iden
             return None, f"{path}: not a private regular file"
     if config.key_passphrase_file is not None:
         try:
-            data = config.key_passphrase_file.read_bytes()
+            data = read_small_file(config.key_passphrase_file)
         except OSError:
             return None, f"{config.key_passphrase_file}: cannot read"
         passphrase = data.removesuffix(b"\n").removesuffix(b"\r")

@@ -39,12 +39,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.config import REGISTRATION_ID_RE, IdentityConfig
 from agent.core.clock import not_yet_valid_reason
+from agent.core.text import clip
 from agent.errors import (
     CertificateInvalidError,
     IdentityMissingError,
     KeyPermissionError,
     KeystoreError,
 )
+from agent.fileio import read_small_file
 from agent.identity.keystore import Identity
 
 __all__ = ["EXPIRY_WARNING", "FileKeystore", "thumbprint"]
@@ -116,6 +118,13 @@ class FileKeystore:
                 path=cfg.cert_chain_path,
                 fix=f"set identity.registration_id in {self._config_path}",
             )
+        if registration_id != common_name:
+            warnings.append(
+                f"{cfg.cert_chain_path}: the certificate's CN {clip(common_name, 64)!r} is not "
+                f"the registration id {registration_id!r}; with X.509 attestation DPS and the "
+                "hub identify the device by its CN, so expect DPS 401 / CONNACK 5 unless the "
+                "enrollment says otherwise"
+            )
         for warning in warnings:
             log.warning("%s", warning)
         return Identity(
@@ -181,7 +190,7 @@ def _check_private(path: Path) -> None:
 
 def _read_bytes(path: Path, *, what: str) -> bytes:
     try:
-        return path.read_bytes()
+        return read_small_file(path)
     except FileNotFoundError:
         raise KeystoreError(f"no such file ({what})", path=path) from None
     except OSError as exc:

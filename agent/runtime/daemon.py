@@ -74,7 +74,15 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.core import lifecycle, provisioning
 from agent.core.clock import Clock, SystemClock, clock_unset, utc_iso
-from agent.core.telemetry import MemoryQueue, Publisher, Sample, SampleRound, build_message
+from agent.core.telemetry import (
+    MemoryQueue,
+    Publisher,
+    Sample,
+    SampleRound,
+    TelemetryQueue,
+    build_message,
+)
+from agent.core.text import clip
 from agent.core.twin import Settings
 from agent.errors import (
     EX_OK,
@@ -109,6 +117,25 @@ from agent.store.state import IdentityFingerprint, PersistedState, StateStore
 
 log = logging.getLogger(__name__)
 
+#: Commits the telemetry buffer (every ``buffer_commit_interval_s``).
+BUFFER_TIMER = "buffer.commit"
+
+
+def open_queue(config: AgentConfig, clock: Clock) -> TelemetryQueue:
+    """The telemetry queue the config names: the durable buffer, or memory."""
+    cfg = config.telemetry
+    if cfg.buffer == "memory":
+        return MemoryQueue(cfg.queue_max_messages)
+    from agent.store.buffer import BUFFER_FILE, SqliteBuffer
+
+    return SqliteBuffer(
+        config.state.directory / BUFFER_FILE,
+        clock=clock,
+        max_messages=cfg.queue_max_messages,
+        max_bytes=cfg.buffer_max_bytes,
+        max_age_s=cfg.buffer_max_age_s,
+    )
+
 
 class Daemon:
     """The running agent. Build it, then :meth:`run` it; :meth:`request_stop` from anywhere.
@@ -136,7 +163,7 @@ class Daemon:
         self.rng = rng or random.Random()
         self.timers = Timers(self.clock)
         self.hardware = Hardware()
-        self.queue = MemoryQueue(config.telemetry.queue_max_messages)
+        self.queue = open_queue(config, self.clock)
         self.publisher = Publisher(self.queue, max_in_flight=config.telemetry.max_in_flight)
         self.actions = Executor(
             config,
@@ -165,7 +192,8 @@ class Daemon:
         self._enrolment: CertificateInvalidError | None = None
         #: Checked by the child, not yet written to the identity cache.
         self._identity_to_cache: Identity | None = None
-        self.sequence = 0
+        #: The last sequence number used (a durable buffer continues its numbering).
+        self.sequence = self.queue.next_sequence - 1
         self._clock_unset_logged = False
         #: The sample round whose conversions are running (None between rounds).
         self._round: SampleRound | None = None
@@ -235,6 +263,7 @@ class Daemon:
         store = self.actions.store = StateStore(cfg.state.directory, None, clock=self.clock)
         try:
             store.ensure_directory()
+            store.reserve_budget(cfg.lifecycle.reprovision_budget)
         except OSError as exc:
             log.error("state directory %s unusable: %s", cfg.state.directory, exc)
         cached = self._adopt(identity) if identity is not None else None
@@ -264,6 +293,7 @@ class Daemon:
         self.timers.start(SAMPLE_TIMER, 0.0)
         if cfg.identity.issuance == "dps":
             self.timers.start(RENEWAL_TIMER, cfg.identity.renew_check_s)
+        self.timers.start(BUFFER_TIMER, cfg.telemetry.buffer_commit_interval_s)
 
     def open_hardware(self) -> None:
         """Open the HAL, the sensors and GPIO (degrades, never raises)."""
@@ -324,7 +354,16 @@ class Daemon:
                 cfg.dps.host, cfg.dps.id_scope, identity.registration_id, identity.thumbprint
             )
         )
-        return store.load()
+        cached = store.load()
+        hub = cached.assignment.assigned_hub if cached else ""
+        if cached is not None and not provisioning.hub_allowed(hub, cfg.dps.allowed_hub_suffixes):
+            store.discard_reason = (
+                f"cached hub {clip(hub, 100)!r} is not in [dps] allowed_hub_suffixes; "
+                "provisioning again"
+            )
+            log.warning("%s", store.discard_reason)
+            return None
+        return cached
 
     def _with_operational(self, cached: PersistedState | None) -> PersistedState | None:
         """With DPS issuance: load the operational identity; without one, forget the
@@ -454,6 +493,9 @@ class Daemon:
         elif name == RENEWAL_TIMER:
             self.timers.start(RENEWAL_TIMER, self.config.identity.renew_check_s)
             actions.maybe_renew()
+        elif name == BUFFER_TIMER:
+            self.timers.start(BUFFER_TIMER, self.config.telemetry.buffer_commit_interval_s)
+            self.queue.flush()
         elif name == IDENTITY_FILES_TIMER and self.state is lifecycle.State.IDENTITY_WAIT:
             self.timers.start(IDENTITY_FILES_TIMER, IDENTITY_POLL_S)
             if files_signature(self.config.identity) != self._identity_files:
@@ -506,9 +548,11 @@ class Daemon:
             sample=taken,
             message_id=f"{self.sequence}-{int(now * 1000)}",
         )
+        drops_before = dict(self.queue.dropped_by)
         self.queue.append(message)
         self.last_telemetry_at = utc_iso(now)
         errors_changed = dict(taken.errors) != hardware.sensor_errors
+        errors_changed |= self.queue.dropped_by != drops_before
         hardware.sensor_errors = dict(taken.errors)
         session = self.actions.session
         if session is not None and self.state is lifecycle.State.CONNECTED:
@@ -523,6 +567,9 @@ class Daemon:
         machine = self.machine
         snap = machine.snapshot() if machine else None
         errors = self.hardware.device_errors()
+        buffer_problem = getattr(self.queue, "problem", None)
+        if buffer_problem:
+            errors["buffer"] = str(buffer_problem)
         if machine is not None and machine.identity_problem:
             errors["identity"] = machine.identity_problem
         elif snap and snap.last_error:
@@ -541,6 +588,8 @@ class Daemon:
                 "lastAckedSequence": self.publisher.last_acked_sequence,
                 "queued": len(self.queue),
                 "dropped": self.queue.dropped,
+                "droppedBy": dict(self.queue.dropped_by),
+                "buffer": self.config.telemetry.buffer,
             },
             "telemetryIntervalSeconds": self.settings.telemetry_interval_s,
             "sensors": self.hardware.sensor_names,
@@ -563,6 +612,7 @@ class Daemon:
             actions.session.on_disconnected()
             actions.session = None
         actions.close_transport()
+        self.queue.close()
         self.hardware.close()
         actions.write_status("STOPPED")
         self.loop.close()

@@ -42,6 +42,7 @@ from agent.core.clock import Clock, utc_iso
 from agent.core.methods import Reprovision
 from agent.core.session import HubSession, ReportedContext, SettingsChanged, sensor_infos
 from agent.core.telemetry import Publisher
+from agent.core.text import clip
 from agent.core.twin import Settings, initial_settings
 from agent.errors import AgentError, TransportError
 from agent.identity.keystore import Identity
@@ -209,7 +210,7 @@ class Executor:
                     try:
                         actions = self.session.on_message(topic, payload)
                     except Exception:  # the cloud's input must never take the daemon down
-                        log.exception("handling a message on %r failed; dropped", topic)
+                        log.exception("handling a message on %s failed; dropped", clip(topic))
                         return
                     self.session_actions(actions)
             case ev.PublishAcked(mid=mid):
@@ -412,6 +413,7 @@ class Executor:
             default_poll_s=min(3.0, max(cfg.lifecycle.backoff_base_s, 0.05)),
             fallback_time_utc=utc_iso(self.clock.time()),
             csr=csr,
+            allowed_hub_suffixes=cfg.dps.allowed_hub_suffixes,
         )
         log.info("registering with DPS at %s:%d", endpoint.host, endpoint.port)
         self._open(Link.DPS, endpoint)
@@ -526,7 +528,7 @@ class Executor:
                     self.feed(lifecycle.ProvisioningSucceeded(assignment))
                 case provisioning.Failed(error=error, rejected=rejected, retry_after_s=after):
                     self.registration = None
-                    log.warning("DPS registration failed: %s", error)
+                    log.warning("DPS registration failed: %s", clip(error, 400))
                     self.feed(lifecycle.ProvisioningFailed(error, rejected, after))
 
     # -- hub -------------------------------------------------------------------------------
@@ -577,6 +579,10 @@ class Executor:
             last_reprovision_reason=self.last_reprovision_reason,
             sensors=sensor_infos(self.hardware.sensors),
             errors=self.hardware.device_errors(),
+            telemetry_buffer={
+                "kind": self.config.telemetry.buffer,
+                "dropped": dict(self.publisher.queue.dropped_by),
+            },
         )
 
     def session_actions(self, actions: Sequence[Any]) -> None:

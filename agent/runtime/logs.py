@@ -53,7 +53,21 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
         pass  # always the current sys.stderr
 
 
-class _PriorityFormatter(logging.Formatter):
+class _OneLineFormatter(logging.Formatter):
+    """A log record's message is one line: control characters escaped (no forged lines).
+
+    Tracebacks (``exc_info``) keep their lines; they are the agent's own.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = "".join(
+            c if c >= " " and c not in "\x7f\u2028\u2029\x85" else repr(c)[1:-1]
+            for c in record.message
+        )
+        return super().formatMessage(record)
+
+
+class _PriorityFormatter(_OneLineFormatter):
     """Prefixes each line with its syslog priority, ``<N>``, for journald's stream parser."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -91,7 +105,7 @@ def setup_logging(
             destination = "journald-stderr"
     else:
         handler = new_handler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(_OneLineFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
         destination = "stderr"
     setattr(handler, _MARK, True)
     root.addHandler(handler)

@@ -9,12 +9,14 @@ expected is moved aside to ``<name>.corrupt-<timestamp>`` (the newest few kept).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 from pathlib import Path
 
 from agent.errors import StateError
+from agent.fileio import read_small_file
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,27 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         os.close(dir_fd)
 
 
+def overwrite_in_place(path: Path, data: bytes) -> None:
+    """Write ``data`` over the start of the existing ``path`` and fsync it; no new blocks.
+
+    For a full disk only: not atomic (a power cut in the middle can tear it, which the
+    reader then treats as corrupt). ``data`` must not be longer than the file, whose
+    length is kept (so the caller pads to a fixed size). Raises ``OSError``.
+    """
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if os.fstat(fd).st_size < len(data):
+            raise OSError(errno.ENOSPC, "no room to grow the file in place", str(path))
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_json_object(path: Path) -> dict[str, object] | None:
     """The JSON object in ``path``, None if absent; StateError if unreadable."""
     try:
-        raw = path.read_bytes()
+        raw = read_small_file(path)
     except FileNotFoundError:
         return None
     except OSError as exc:

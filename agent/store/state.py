@@ -33,6 +33,7 @@ power cut leaves either the old or the new file, never half of one:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -51,11 +52,17 @@ from agent.store.files import (
     STATE_FILE,
     STATUS_FILE,
     atomic_write,
+    overwrite_in_place,
     read_json_object,
     set_aside,
 )
 
 log = logging.getLogger(__name__)
+
+
+def budget_file_size(limit: int) -> int:
+    """The fixed size of the budget file for ``limit`` attempts (JSON padded with spaces)."""
+    return 64 + 24 * max(limit, 1)
 
 
 # --- identity binding --------------------------------------------------------------------
@@ -226,10 +233,32 @@ class StateStore:
         return ReprovisionBudget(limit, window_s, times).pruned(self._clock.time())
 
     def save_budget(self, budget: ReprovisionBudget) -> None:
-        """Persist the budget's attempts."""
+        """Persist the budget's attempts, even on a full disk.
+
+        The file is padded to a fixed size (:func:`budget_file_size`), so that when the
+        atomic replace fails for want of space (``ENOSPC``/``EDQUOT``: the temp file needs
+        new blocks) the same bytes can overwrite the existing file in place, which needs
+        none. The budget must hold across restarts precisely when the disk is full and
+        nothing else can be saved. Raises ``OSError`` if neither works.
+        """
         self.ensure_directory()
+        path = self.directory / BUDGET_FILE
         doc = {"schema": SCHEMA_VERSION, "attempts": list(budget.attempts)}
-        atomic_write(self.directory / BUDGET_FILE, json.dumps(doc).encode("utf-8") + b"\n")
+        text = json.dumps(doc).encode("utf-8")
+        data = text.ljust(max(budget_file_size(budget.limit), len(text) + 1) - 1) + b"\n"
+        try:
+            atomic_write(path, data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            overwrite_in_place(path, data)
+            log.warning("state disk full: reprovisioning budget updated in place (%s)", path)
+
+    def reserve_budget(self, limit: int) -> None:
+        """Create the (padded) budget file if there is none, so a full disk later can
+        still update it in place. Raises ``OSError``."""
+        if not (self.directory / BUDGET_FILE).exists():
+            self.save_budget(ReprovisionBudget(limit, 1.0))
 
     def write_status(self, status: Mapping[str, object]) -> None:
         """Publish the daemon's live status for ``device-agent status``."""

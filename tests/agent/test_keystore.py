@@ -73,6 +73,9 @@ def test_configured_registration_id_wins_over_cn(pki: PKI) -> None:
     identity = load(issued, registration_id="dev-regid")
     assert identity.registration_id == "dev-regid"
     assert identity.common_name == "Some Device Name"
+    # Reported at start: with X.509 attestation this usually ends in DPS 401 / CONNACK 5.
+    (warning,) = [w for w in identity.warnings if "is not the registration id" in w]
+    assert "'Some Device Name'" in warning and "'dev-regid'" in warning
 
 
 def test_cn_that_cannot_be_a_registration_id_asks_for_one(pki: PKI) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 
@@ -102,7 +103,7 @@ def put_in(state: State, machine: Lifecycle) -> Lifecycle:
         S.CONNECTED: [Boot(HUB_A), HubConnected()],
         S.HUB_BACKOFF: [Boot(HUB_A), HubUnavailable("refused")],
         S.DPS_BACKOFF: [Boot(None), ProvisioningFailed(TransportError("down"))],
-        S.REPROVISION_WAIT: [Boot(HUB_A), HubRejected(5)],
+        S.REPROVISION_WAIT: [Boot(None)],  # with the budget spent: nowhere to go
         S.IDENTITY_WAIT: [IdentityInvalid("certificate not yet valid")],
         S.STOPPING: [Stop()],
     }
@@ -309,10 +310,10 @@ def test_dps_failure_with_a_usable_hub_goes_back_to_the_hub() -> None:
     ]
 
 
-def test_rejected_hub_and_spent_budget_wait_and_say_until_when() -> None:
+def test_no_assignment_and_spent_budget_wait_and_say_until_when() -> None:
     clock = FakeClock()
-    machine = put_in(S.CONNECTING, new(clock, spent=True))
-    actions = machine.handle(HubRejected(5))
+    machine = new(clock, spent=True)
+    actions = machine.handle(Boot(None))
     assert machine.state is S.REPROVISION_WAIT
     (timer,) = [a for a in actions if isinstance(a, StartTimer)]
     assert timer.delay_s == pytest.approx(CONFIG.reprovision_window_s)
@@ -320,6 +321,23 @@ def test_rejected_hub_and_spent_budget_wait_and_say_until_when() -> None:
     assert "budget spent" in status.text and "waiting until" in status.text
     clock.advance(CONFIG.reprovision_window_s)
     assert ConnectDps() in machine.handle(TimerFired())
+
+
+def test_rejected_hub_and_spent_budget_keep_trying_the_hub_slowly() -> None:
+    clock = FakeClock()
+    machine = put_in(S.CONNECTING, new(clock, spent=True))
+    for _ in range(10):
+        actions = machine.handle(HubRejected(5))
+        assert machine.state is S.HUB_BACKOFF  # never stranded in REPROVISION_WAIT
+        assert ConnectDps not in kinds(actions)
+        (timer,) = [a for a in actions if isinstance(a, StartTimer)]
+        assert timer.delay_s <= CONFIG.rejected_hub_retry_s
+        assert "refused the device" in machine.describe()
+        clock.advance(timer.delay_s)
+        assert machine.handle(TimerFired())[0] == ConnectHub(HUB_A)
+    assert timer.delay_s >= CONFIG.rejected_hub_retry_s / 2  # grown to minutes, jittered
+    machine.handle(HubConnected())
+    assert machine.state is S.CONNECTED
 
 
 def test_spent_budget_with_a_usable_hub_keeps_the_hub() -> None:
@@ -337,18 +355,117 @@ def test_budget_holds_when_the_hub_keeps_rejecting() -> None:
     machine = new(clock)
     machine.handle(Boot(HUB_A))
     registrations = 0
-    for _ in range(20):
+    for _ in range(2000):  # about 10 days of rejections, one event per step
         if machine.state is S.CONNECTING:
             machine.handle(HubRejected(5))
-        if machine.state is S.PROVISIONING:
+        elif machine.state is S.PROVISIONING:
             machine.handle(RegistrationSent())
             registrations += 1
             machine.handle(ProvisioningSucceeded(HUB_A))
-        elif machine.state is S.REPROVISION_WAIT:
-            break
-        clock.advance(1)
-    assert registrations == CONFIG.reprovision_budget
-    assert machine.state is S.REPROVISION_WAIT
+        else:
+            assert machine.state is S.HUB_BACKOFF
+            clock.advance(CONFIG.rejected_hub_retry_s)
+            machine.handle(TimerFired())
+    windows = (clock.time() - 1_800_000_000.0) / CONFIG.reprovision_window_s
+    assert registrations <= CONFIG.reprovision_budget * (windows + 1)
+    # After the first few they are spread out: at least long_outage_s / 2 apart.
+    assert registrations <= 4 + (clock.monotonic() - 1000.0) / (CONFIG.long_outage_s / 2)
+
+
+class Driver:
+    """Feeds a machine events and keeps the lifecycle timer it asked for."""
+
+    def __init__(self, machine: Lifecycle, clock: FakeClock) -> None:
+        self.machine, self.clock = machine, clock
+        self.timer_s: float | None = None
+
+    def feed(self, event: Event) -> list[AnyAction]:
+        actions = self.machine.handle(event)
+        for action in actions:
+            if isinstance(action, StartTimer) and action.name == TIMER:
+                self.timer_s = action.delay_s
+            elif isinstance(action, CancelTimer) and action.name == TIMER:
+                self.timer_s = None
+        return actions
+
+    def wait_for_timer(self) -> None:
+        assert self.timer_s is not None, self.machine.state
+        self.clock.advance(self.timer_s)
+        self.timer_s = None
+        self.feed(TimerFired())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_device_disabled_for_150_s_registers_at_most_3_times_and_comes_back(seed: int) -> None:
+    """The issue's episode, with the default timings: back within 5 min of the enable."""
+    clock = FakeClock()
+    budget = ReprovisionBudget(6, 3600.0)
+    machine = Lifecycle(LifecycleConfig(), clock=clock, rng=random.Random(seed), budget=budget)
+    drive = Driver(machine, clock)
+    drive.feed(Boot(HUB_A))
+    drive.feed(HubConnected())
+    clock.advance(3600)  # a stable connection, then the hub disables the device
+    start = clock.monotonic()
+    drive.feed(ConnectionDropped("the hub closed the connection"))
+    registrations: list[float] = []
+    enabled_at, back_at = 150.0, None
+    for _ in range(1000):
+        elapsed = clock.monotonic() - start
+        if machine.state is S.CONNECTING:
+            if elapsed >= enabled_at:
+                drive.feed(HubConnected())
+                back_at = elapsed
+                break
+            drive.feed(HubRejected(5))
+        elif machine.state is S.PROVISIONING:
+            drive.feed(RegistrationSent())
+            registrations.append(elapsed)
+            assert ConnectHub(HUB_A) in drive.feed(ProvisioningSucceeded(HUB_A))
+            assert machine.same_hub_again  # DPS handed back the hub that refused
+        else:
+            assert machine.state is S.HUB_BACKOFF, machine.state
+            drive.wait_for_timer()
+    assert back_at is not None and back_at - enabled_at <= 300
+    assert 1 <= len(registrations) <= 3
+    assert registrations[0] < 5  # the first rejection goes to DPS at once
+    gaps = [b - a for a, b in itertools.pairwise(registrations)]
+    assert all(gap >= LifecycleConfig().rejected_retry_s / 2 for gap in gaps)
+
+
+def test_a_stable_connection_forgives_the_rejection_streak_and_flapping_does_not() -> None:
+    clock = FakeClock()
+    drive = Driver(new(clock), clock)
+    drive.feed(Boot(HUB_A))
+    drive.feed(HubRejected(5))
+    assert drive.machine.state is S.PROVISIONING
+    drive.feed(RegistrationSent())
+    drive.feed(ProvisioningSucceeded(HUB_A))
+    drive.feed(HubConnected())
+    clock.advance(1)  # accepted, then dropped at once and refused: still the same streak
+    drive.feed(ConnectionDropped("gone"))
+    drive.wait_for_timer()
+    drive.feed(HubRejected(5))
+    assert drive.machine.state is S.HUB_BACKOFF  # no second registration right away
+    assert drive.machine.rejections == 2
+    drive.wait_for_timer()
+    drive.feed(HubConnected())
+    clock.advance(STABLE_CONNECTION_S)
+    drive.feed(ConnectionDropped("gone"))
+    assert drive.machine.rejections == 0
+    drive.wait_for_timer()
+    drive.feed(HubRejected(5))
+    assert drive.machine.state is S.PROVISIONING  # news again: DPS at once
+
+
+def test_dps_down_while_the_hub_rejects_keeps_trying_the_hub() -> None:
+    clock = FakeClock()
+    drive = Driver(new(clock), clock)
+    drive.feed(Boot(HUB_A))
+    drive.feed(HubRejected(5))
+    drive.feed(ProvisioningFailed(TransportError("DPS unreachable")))
+    assert drive.machine.state is S.HUB_BACKOFF
+    drive.wait_for_timer()
+    assert drive.machine.state is S.CONNECTING
 
 
 def test_dps_rejection_retries_slowly_and_429_honours_retry_after() -> None:

@@ -204,3 +204,45 @@ def test_strip_state_removes_every_state_file(tmp_path: Path) -> None:
     removed = strip_state(tmp_path)
     assert len(removed) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["unrelated.txt"]
+
+
+def test_the_budget_is_updated_in_place_when_the_disk_is_full(tmp_path: Path) -> None:
+    """On a full disk the atomic replace fails; the padded file is overwritten in place."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.support.tmpfs import small_tmpfs_argv
+
+    driver = r"""
+import json, sys
+from pathlib import Path
+from agent.store.state import StateStore
+from tests.support.fakeclock import FakeClock
+from tests.support.tmpfs import fill
+folder = Path(sys.argv[1])
+clock = FakeClock()
+store = StateStore(folder, None, clock=clock)
+store.reserve_budget(3)
+fill(folder)
+budget = store.load_budget(3, 3600.0)
+for _ in range(3):
+    clock.advance(10)
+    budget = budget.recorded(clock.time())
+    store.save_budget(budget)
+again = StateStore(folder, None, clock=clock).load_budget(3, 3600.0)
+print(json.dumps({"attempts": len(again.attempts), "allows": again.allows(clock.time())}))
+"""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    result = subprocess.run(
+        small_tmpfs_argv(folder, 64, [sys.executable, "-c", driver, str(folder)]),
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"attempts": 3, "allows": False}
+    assert "updated in place" in result.stderr

@@ -136,20 +136,31 @@ def test_budget_holds_when_the_hub_keeps_rejecting(cloud: Cloud, tmp_path: Path)
         # DPS keeps assigning the same hub, where the device stays disabled.
         cloud.client.set_group_allocation("default", "hashed", [hub])
         cloud.client.disable_device("dev-budget", hub=hub)
-        agent.wait_state(State.REPROVISION_WAIT, timeout_s=20)
-        # First boot + 2 reprovisionings = the budget of 3; then it waits and says so.
+        machine = agent.daemon.machine
+        assert machine is not None
+        wait_until(
+            lambda: not machine.budget_allows() and machine.state is State.HUB_BACKOFF,
+            timeout_s=30,
+            what="the budget spent, and the agent still trying the hub",
+        )
+        # First boot + 2 reprovisionings = the budget of 3; the hub is still tried, slowly.
         assert cloud.client.registration_attempts("dev-budget") == 3
+        tried = machine.rejections
+        wait_until(lambda: machine.rejections >= tried + 2, timeout_s=30, what="2 more hub tries")
+        assert agent.state is not State.REPROVISION_WAIT
         status_file = tmp_path / "state" / "status.json"
         status = wait_until(
-            lambda: (
-                (doc := json.loads(status_file.read_text()))["state"] == "REPROVISION_WAIT" and doc
-            ),
-            what="status.json to say REPROVISION_WAIT",
+            lambda: (doc := json.loads(status_file.read_text()))["state"] == "HUB_BACKOFF" and doc,
+            what="status.json to say HUB_BACKOFF",
         )
-        assert "budget spent" in status["description"]
+        assert "refused the device" in status["description"]
         assert agent.stop() == 0
     # A restart (a crash loop) does not get a fresh budget.
     with AgentThread(config) as agent:
-        agent.wait_state(State.REPROVISION_WAIT, timeout_s=10)
+        wait_until(
+            lambda: (m := agent.daemon.machine) is not None and m.rejections >= 2,
+            timeout_s=30,
+            what="the hub refusing the restarted agent twice",
+        )
         assert agent.stop() == 0
     assert cloud.client.registration_attempts("dev-budget") == 3

@@ -11,6 +11,7 @@ deadline (no fixed sleeps).
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import socket
 import threading
@@ -149,8 +150,14 @@ def write_config(
     extra: str = "",
     hal_extra: str = "",
     websockets: bool = False,
+    buffer: str = "memory",
+    telemetry_extra: str = "",
+    allowed_hubs: list[str] | None = None,
 ) -> AgentConfig:
-    """Write an agent TOML for ``cloud`` and load it through the real loader."""
+    """Write an agent TOML for ``cloud`` and load it through the real loader.
+
+    ``buffer``: the telemetry buffer (memory unless a test is about the durable one).
+    """
     timing = {
         "backoff_base_s": 0.05,
         "backoff_cap_s": 0.5,
@@ -169,6 +176,8 @@ def write_config(
     id_scope = id_scope or (cloud.handle.id_scope if cloud else None)
     assert ca and dps_host and dps_port and hub_port and id_scope, "no cloud: give every endpoint"
     lines = "\n".join(f"{k} = {v!r}" for k, v in timing.items())
+    hubs = allowed_hubs or ([cloud.hub_host("hub1"), cloud.hub_host("hub2")] if cloud else [])
+    allowed = f"allowed_hub_suffixes = {json.dumps(hubs)}" if hubs else ""
     transport = ""
     if websockets:
         assert cloud is not None and cloud.ws_port is not None
@@ -187,6 +196,7 @@ port = {dps_port}
 id_scope = "{id_scope}"
 server_ca_path = "{ca}"
 {transport}
+{allowed}
 
 [dps.payload]
 model = "integration-test"
@@ -204,6 +214,8 @@ keep_alive_s = 30
 interval_s = {interval_s}
 queue_max_messages = 1000
 max_in_flight = 10
+buffer = "{buffer}"
+{telemetry_extra}
 
 [state]
 directory = "{state_dir}"
