@@ -83,11 +83,6 @@ def test_a_full_state_disk_is_reported_and_telemetry_still_flows(
     assert all(not name.startswith(".") for name in leftovers), leftovers  # no temp files
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#9 item 2: with the state disk full the budget is never written, so every "
-    "restart registers again",
-)
 def test_the_budget_holds_over_restarts_on_a_full_state_disk(
     cloud: Cloud, tmp_path: Path, full_state_dir: Path
 ) -> None:

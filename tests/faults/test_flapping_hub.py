@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from agent.core.lifecycle import State
 from tests.support.agentcloud import AgentThread, Cloud, issue_device, write_config
 
@@ -53,11 +51,6 @@ def test_a_flapping_hub_never_spends_more_than_the_budget(cloud: Cloud, tmp_path
     assert cloud.client.registration_attempts("dev-flap") <= BUDGET
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#9 item 2: once the budget is spent the agent waits out the whole window "
-    "and never tries the hub that is accepting again",
-)
 def test_after_flapping_the_device_comes_back_by_itself(cloud: Cloud, tmp_path: Path) -> None:
     agent = flapping_agent(cloud, tmp_path, "dev-flapback")
     try:

@@ -143,11 +143,6 @@ def special_file(kind: str, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#9 item 3: config files that are not regular (FIFO, /dev/zero) hang the start, "
-    "and a 100 MB one is read whole (some 200 MB of memory) before it is refused",
-)
 @pytest.mark.parametrize("kind", ["dev-zero", "fifo", "huge"])
 def test_a_config_that_is_not_a_regular_file_or_too_large_is_refused_at_once(
     kind: str, tmp_path: Path

@@ -139,11 +139,6 @@ def test_desired_patches_from_devcloud_never_wedge_the_agent(
     assert "Traceback" not in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#9 item 3: 1 and 400 zeros as a desired interval raises out of the session "
-    "and the patch (with the good value beside it) is dropped",
-)
 def test_a_huge_desired_interval_is_refused_and_the_rest_applied(
     cloud: Cloud, agent: AgentThread
 ) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from agent.config import load_config
 from tests.faults.conftest import Proxied
 from tests.support.agentcloud import Cloud
@@ -40,10 +38,6 @@ TRIALS = 200
 BUFFER = 'buffer = "sqlite"\nbuffer_commit_interval_s = 0.25'
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#9 item 1 (durable SQLite buffer) not landed: [telemetry] buffer is unknown",
-)
 def test_200_sigkills_lose_nothing_acknowledged_to_the_durable_buffer(
     proxied: Proxied, tmp_path: Path, seed: int, pycache: Path
 ) -> None:

@@ -208,6 +208,8 @@ class KillRun:
             text = text.replace("max_in_flight = 10", f"max_in_flight = {max_in_flight}")
             text = text.replace('level = "DEBUG"', 'level = "INFO"')
             if telemetry_extra:
+                # write_config names a buffer; the extra lines may name another.
+                text = text.replace('buffer = "memory"\n', "", 1)
                 text = text.replace("[telemetry]\n", f"[telemetry]\n{telemetry_extra}\n", 1)
             (base / "agent.toml").write_text(text)
             self.slots.append(Slot(device_id, base / "agent.toml", base / "state", base / "log"))
