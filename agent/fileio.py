@@ -34,11 +34,13 @@ def read_small_file(path: Path, *, max_bytes: int = MAX_SMALL_FILE_BYTES) -> byt
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
         if not stat.S_ISREG(st.st_mode):
-            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
-            raise FileRefusedError(errno.EINVAL, f"{kind}, refused", str(path))
+            kind = "a FIFO, " if stat.S_ISFIFO(st.st_mode) else ""
+            raise FileRefusedError(errno.EINVAL, f"{kind}not a regular file: refused", str(path))
         if st.st_size > max_bytes:
             raise FileRefusedError(
-                errno.EFBIG, f"{st.st_size} bytes, more than the {max_bytes} allowed", str(path)
+                errno.EFBIG,
+                f"too large: {st.st_size} bytes, more than the {max_bytes} allowed",
+                str(path),
             )
         chunks, total = [], 0
         while total <= max_bytes:

@@ -13,6 +13,8 @@ import errno
 import json
 import logging
 import os
+import stat
+import time
 from pathlib import Path
 
 from agent.errors import StateError
@@ -31,7 +33,11 @@ KEEP_CORRUPT_COPIES = 3
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically and durably."""
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    Something that is not a regular file in the way (a directory, a FIFO) is moved aside
+    as a corrupt copy first, so a file the agent only writes does not stay unwritable.
+    """
     directory = path.parent
     tmp = directory / f".{path.name}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -40,6 +46,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                copy = set_aside(path, time.time())
+                log.warning("%s was not a regular file; set aside as %s", path, copy)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -72,8 +72,7 @@ def test_journal_stream_without_systemd_python_prefixes_priorities(
     log.info("fine")
     log.debug("detail")
     assert written(stream).splitlines() == [
-        "<3>agent.test: bad",
-        "<3>second line",
+        "<3>agent.test: bad\\nsecond line",  # one record, one line: nothing forged
         "<4>agent.test: careful",
         "<6>agent.test: fine",
         "<7>agent.test: detail",

@@ -41,6 +41,7 @@ def test_dps_unreachable_at_boot_retries_without_crashing(tmp_path: Path) -> Non
         hub_port=port,
         id_scope="0ne00000DEV",
         ca_path=pki.root_path,
+        allowed_hubs=[addresses[2], addresses[3]],  # the hubs of the devcloud started below
     )
     with AgentThread(config) as agent:
         # Nothing listens yet: the agent keeps retrying DPS with backoff, and stays up.
@@ -126,6 +127,15 @@ def test_long_outage_of_the_cached_hub_goes_back_to_dps(cloud: Cloud, tmp_path: 
     dead_hub = fresh_addresses()[3]
     saved["assignment"]["assignedHub"] = dead_hub
     (state_dir / STATE_FILE).write_text(json.dumps(saved))
+    hubs = [cloud.hub_host("hub1"), cloud.hub_host("hub2"), dead_hub]  # dead_hub is allowed
+    config = write_config(
+        tmp_path / "agent.toml",
+        cloud,
+        device,
+        state_dir=state_dir,
+        lifecycle={"long_outage_s": 1.0},
+        allowed_hubs=hubs,
+    )
     with AgentThread(config) as agent:
         machine = wait_until(lambda: agent.daemon.machine, what="lifecycle")
         wait_until(lambda: machine.hub_backoff.attempt >= 2, what="failed hub connects")
