@@ -59,6 +59,7 @@ host = "{cloud.dps_host}"
 port = {cloud.port}
 id_scope = "{cloud.handle.id_scope}"
 server_ca_path = "{FLEET_CA}"
+allowed_hub_suffixes = ["{cloud.hub_host("hub1")}", "{cloud.hub_host("hub2")}"]
 
 [hub]
 port = {cloud.port}
