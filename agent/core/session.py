@@ -75,6 +75,8 @@ class ReportedContext:
     errors: Mapping[str, str]
     #: The telemetry buffer's kind and drop counters (None: not reported).
     telemetry_buffer: Mapping[str, object] | None = None
+    #: ``reported.certificate`` (:func:`agent.core.twin.certificate_report`), if known.
+    certificate: Mapping[str, object] | None = None
 
 
 class HubSession:
@@ -236,6 +238,7 @@ class HubSession:
             settings=self.settings,
             errors=ctx.errors,
             telemetry_buffer=ctx.telemetry_buffer,
+            certificate=ctx.certificate,
         )
 
     def _reply(self, rid: str, reply: methods.MethodReply) -> Publish:

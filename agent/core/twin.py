@@ -227,8 +227,10 @@ def build_reported(
     settings: Settings,
     errors: Mapping[str, str],
     telemetry_buffer: Mapping[str, object] | None = None,
+    certificate: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
-    """The full reported-properties document (``telemetryBuffer`` only if given)."""
+    """The full reported-properties document (``telemetryBuffer`` only if given;
+    ``certificate``: the one the hub connection uses, if given)."""
     sensor_doc: dict[str, object] = {}
     for sensor in sensors:
         key = twin_key(sensor.name)
@@ -253,7 +255,32 @@ def build_reported(
     }
     if telemetry_buffer is not None:
         doc[BUFFER_KEY] = dict(telemetry_buffer)
+    if certificate is not None:
+        doc["certificate"] = dict(certificate)
     return doc
+
+
+#: From this long before expiry a certificate that nothing renews is warned about.
+EXPIRY_WARNING_S = 30 * 86400.0
+
+
+def certificate_report(
+    *, not_before: float, not_after: float, renewal: str, now: float
+) -> dict[str, object]:
+    """``reported.certificate`` (validFrom, validUntil as Microsoft suggests; renewal:
+    ``dps`` or ``none``; a warning when nothing renews it and it expires within 30 days)."""
+    from agent.core.clock import utc_iso
+
+    report: dict[str, object] = {
+        "validFrom": utc_iso(not_before),
+        "validUntil": utc_iso(not_after),
+        "renewal": renewal,
+    }
+    left = not_after - now
+    if renewal == "none" and left < EXPIRY_WARNING_S:
+        days = max(0, int(left // 86400))
+        report["warning"] = f"expires in {days} days and nothing renews it"
+    return report
 
 
 def reported_patch(old: Mapping[str, object], new: Mapping[str, object]) -> dict[str, object]:

@@ -583,6 +583,21 @@ class Executor:
                 "kind": self.config.telemetry.buffer,
                 "dropped": dict(self.publisher.queue.dropped_by),
             },
+            certificate=self._certificate_report(),
+        )
+
+    def _certificate_report(self) -> dict[str, object] | None:
+        """The certificate the hub connection uses, for ``reported.certificate``."""
+        from agent.core.twin import certificate_report
+
+        current = self.operational or self.identity
+        if current is None:
+            return None
+        return certificate_report(
+            not_before=current.not_before.timestamp(),
+            not_after=current.not_after.timestamp(),
+            renewal="dps" if self.operational is not None else "none",
+            now=self.clock.time(),
         )
 
     def session_actions(self, actions: Sequence[Any]) -> None:

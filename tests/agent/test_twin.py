@@ -175,3 +175,20 @@ def test_build_reported_and_patch() -> None:
     assert reported_patch(doc, cleared) == {"sensorErrors": {"bh1750@1:0x23": None}}
     assert reported_patch(doc, doc) == {}
     assert reported_patch({}, doc) == doc
+
+
+def test_certificate_report_warns_only_when_nothing_renews_a_certificate_near_expiry() -> None:
+    from agent.core.twin import certificate_report
+
+    day = 86400.0
+    soon = certificate_report(not_before=0.0, not_after=40 * day, renewal="none", now=20 * day)
+    assert soon == {
+        "validFrom": "1970-01-01T00:00:00.000Z",
+        "validUntil": "1970-02-10T00:00:00.000Z",
+        "renewal": "none",
+        "warning": "expires in 20 days and nothing renews it",
+    }
+    renewed = certificate_report(not_before=0.0, not_after=40 * day, renewal="dps", now=39 * day)
+    assert "warning" not in renewed
+    far = certificate_report(not_before=0.0, not_after=400 * day, renewal="none", now=day)
+    assert "warning" not in far

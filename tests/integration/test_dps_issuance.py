@@ -70,6 +70,16 @@ def test_dps_issues_the_operational_certificate_and_the_hub_sees_it(
         assert issued["sha256Thumbprint"] == operational and issued["issuedVia"] == "dps"
         device = cloud.client.get_device("dev-issued")
         assert device["connectionCertificateThumbprint"] == operational
+        leaf = x509.load_pem_x509_certificates(identity.operational_cert.read_bytes())[0]
+
+        def reported_certificate() -> object:
+            twin = cloud.client.get_twin("dev-issued")
+            return twin["properties"]["reported"].get("certificate")
+
+        reported = wait_until(reported_certificate, what="reported.certificate")
+        assert isinstance(reported, dict) and reported["renewal"] == "dps"
+        until = leaf.not_valid_after_utc.isoformat(timespec="milliseconds")
+        assert reported["validUntil"] == until.replace("+00:00", "Z")
         assert agent.stop() == 0
 
     # A restart uses the installed certificate: no new registration, no new issuance.
