@@ -64,6 +64,8 @@ def run_checks(
         yield _check_tpm(config)
     identity, result = _check_certificate(config, moment)
     yield result
+    if config.identity.issuance == "dps":
+        yield _check_operational(config, moment)
     yield _check_trust_chain(config, moment, identity)
     yield _check_state_directory(config.state.directory)
     proxy = _check_proxy(config, os.environ)
@@ -157,6 +159,31 @@ def pwd_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
+
+
+def _check_operational(config: AgentConfig, now: datetime) -> CheckResult:
+    """The certificate DPS issued for the hub: usable, and how long it has left."""
+    from agent.errors import KeystoreError
+    from agent.identity.child import operational_config
+
+    operational = operational_config(config.identity)
+    if not operational.cert_chain_path.exists():
+        return CheckResult(
+            "operational-cert", "warn", "none issued yet: the agent asks DPS for one"
+        )
+    try:
+        identity = open_keystore(operational, config_path=config.source).load(now=now)
+    except KeystoreError as exc:
+        return CheckResult("operational-cert", "warn", f"{exc}; the agent asks DPS again")
+    left = identity.not_after - now
+    share = config.identity.renew_at
+    return CheckResult(
+        "operational-cert",
+        "ok",
+        f"{identity.thumbprint[:16]}..., valid until "
+        f"{identity.not_after.isoformat(timespec='seconds')} ({left.days} days left); "
+        f"renewed through DPS at {share:.0%} of its lifetime",
+    )
 
 
 def _check_clock(now: datetime) -> CheckResult:

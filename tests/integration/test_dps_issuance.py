@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from agent.cli.check import run_checks
 from agent.config import AgentConfig, load_config
 from agent.core.lifecycle import State
 from agent.identity.generations import current_paths
@@ -76,6 +77,9 @@ def test_dps_issues_the_operational_certificate_and_the_hub_sees_it(
             twin = cloud.client.get_twin("dev-issued")
             return twin["properties"]["reported"].get("certificate")
 
+        results = {r.name: r for r in run_checks(config, network=False, sensors=False)}
+        assert results["operational-cert"].status == "ok", results["operational-cert"]
+        assert "29 days left" in results["operational-cert"].detail
         reported = wait_until(reported_certificate, what="reported.certificate")
         assert isinstance(reported, dict) and reported["renewal"] == "dps"
         until = leaf.not_valid_after_utc.isoformat(timespec="milliseconds")
