@@ -118,8 +118,9 @@ def test_not_root_nothing_changes(tmp_path: Path) -> None:
     result = in_child(
         "import os, sys\n"
         "from pathlib import Path\n"
-        f"os.setgid({NOBODY.pw_gid}); os.setuid({NOBODY.pw_uid})\n"
+        # Imported first: the checkout may not be readable by nobody (a clone in /root).
         "from agent.store.service_user import act_as_service_user\n"
+        f"os.setgid({NOBODY.pw_gid}); os.setuid({NOBODY.pw_uid})\n"
         "print(act_as_service_user(Path(sys.argv[1])), os.getuid())\n",
         str(state),
     )

@@ -81,8 +81,23 @@ def _fetch(npm: str, target: Path) -> None:
         )
         unpacked = Path(tmp) / "unpacked"
         with tarfile.open(tarball) as archive:
-            archive.extractall(unpacked, filter="data")
+            _extract_data(archive, unpacked)
         unpacked.rename(target)
+
+
+def _extract_data(archive: tarfile.TarFile, into: Path) -> None:
+    """``extractall(filter="data")``, also where tarfile has no filters (Debian
+    bookworm's Python 3.11.2): only plain files and folders, all inside ``into``."""
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(into, filter="data")
+        return
+    members = archive.getmembers()
+    for member in members:
+        inside = (into / member.name).resolve().is_relative_to(into.resolve())
+        assert inside and (member.isfile() or member.isdir()), (
+            f"unexpected member in the parser package: {member.name!r}"
+        )
+    archive.extractall(into, members=members)  # noqa: S202 - every member checked above
 
 
 def parse_with_microsoft_parser(*files: Path) -> dict[str, Any]:
