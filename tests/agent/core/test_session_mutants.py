@@ -375,3 +375,74 @@ def test_status_mapping_is_copied_into_the_reply() -> None:
     )
     (reply,) = method(s, "getStatus", "1", {})
     assert json.loads(reply.payload) == {"state": "CONNECTED", "n": 1}
+
+
+LOGGER = "agent.core.session"
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+
+
+def test_what_the_session_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """The operator's view of the session: each line says what happened, with the data."""
+    s = make()
+    caplog.set_level("INFO", logger=LOGGER)
+    s.on_connected()
+    s.on_timer(TWIN_GET_TIMER)
+    s.on_timer(TWIN_GET_TIMER)
+    s.on_timer(TWIN_GET_TIMER)
+    assert messages(caplog) == [
+        "twin GET not answered within 30 s; asking again",
+        "twin GET not answered within 30 s; asking again",
+        "twin GET not answered after 3 attempts; reporting without it",
+    ]
+    caplog.clear()
+    for code, rid in ((404, "3"), (300, "77"), (299, "78")):
+        topic, payload = wire.format_twin_response(code, rid, {})
+        s.on_message(topic, payload)
+    topic, payload = wire.format_twin_response(200, "3", [1])
+    s.on_message(topic, payload)
+    s.on_message("$iothub/twin/res/abc", b"")
+    assert messages(caplog) == [
+        "twin GET failed with 404 (asked again when it times out)",
+        "twin request 77 failed with 300",
+        "twin GET: twin document: body is list, expected an object",
+        "dropping a malformed message from the hub: twin response: topic "
+        "'$iothub/twin/res/abc' has no '/?' query part",
+    ]
+    caplog.clear()
+    twin_answer(s, "3", {"$version": 4})
+    desired_push(s, 4, {"telemetryIntervalSeconds": 0})
+    desired_push(s, 5, {"telemetryIntervalSeconds": 0})
+    method(s, "getStatus", "9", None)
+    assert messages(caplog) == [
+        "ignoring desired properties version 4 (have 4)",
+        "desired property rejected: telemetryIntervalSeconds must be between 1 and 86400 s, got 0",
+        "method getStatus -> 200",
+    ]
+
+
+def test_a_push_is_a_patch_not_a_document() -> None:
+    s = make()
+    synced(s, {"$version": 1})
+    desired_push(s, 2, {"telemetryIntervalSeconds": 5})
+    desired_push(s, 3, {"sensors": {}})  # says nothing about the interval
+    assert s.settings.telemetry_interval_s == 5.0
+
+
+def test_the_first_report_carries_the_whole_context() -> None:
+    s = make()
+    s.on_connected()
+    (patch,) = publishes(twin_answer(s, "1", {}, {}))
+    body = json.loads(patch.payload)
+    assert {
+        k: body[k]
+        for k in ("agentVersion", "hub", "deviceId", "provisionedAt", "lastReprovisionReason")
+    } == {
+        "agentVersion": "0.1.0",
+        "hub": "hub-a.local",
+        "deviceId": "dev-1",
+        "provisionedAt": "2026-01-01T00:00:00Z",
+        "lastReprovisionReason": "first boot",
+    }
