@@ -296,3 +296,85 @@ def test_register_then_poll_rids_increase() -> None:
     assert rid == "1"
     answer(reg, 202, rid, {"operationId": "op", "status": "assigning"}, retry=1)
     assert poll_rid(reg) == "2"
+
+
+def issuing_machine() -> Registration:
+    return Registration(
+        "dev-1", None, rng=random.Random(1), response_timeout_s=5.0, default_poll_s=2.0, csr="Q1NS"
+    )
+
+
+def test_a_csr_goes_into_the_register_request() -> None:
+    reg = issuing_machine()
+    reg.handle(DpsConnected())
+    publish = reg.handle(DpsSubscribed((1,)))[0]
+    assert isinstance(publish, Publish)
+    assert publish.payload == b'{"registrationId":"dev-1","payload":null,"csr":"Q1NS"}'
+    assert reg.csr == "Q1NS"
+
+
+def test_the_issued_chain_comes_with_the_assignment() -> None:
+    reg = issuing_machine()
+    rid = registered_after_connect_of(reg)
+    state = {**ASSIGNED_STATE, "issuedCertificateChain": ["TEVBRg==", "Q0E="]}
+    actions = answer(reg, 200, rid, {"status": "assigned", "registrationState": state})
+    final = outcome(actions)
+    assert isinstance(final, Assigned) and final.issued_chain == ("TEVBRg==", "Q0E=")
+    assert actions[:2] == [CancelTimer(RETRY_TIMER), CancelTimer(TIMEOUT_TIMER)]
+
+
+def test_assigned_without_the_certificate_asked_for_is_a_protocol_error() -> None:
+    reg = issuing_machine()
+    rid = registered_after_connect_of(reg)
+    final = outcome(
+        answer(reg, 200, rid, {"status": "assigned", "registrationState": ASSIGNED_STATE})
+    )
+    assert isinstance(final, Failed) and isinstance(final.error, ProtocolError)
+    assert str(final.error) == "DPS assigned the device but issued no certificate for the CSR"
+
+
+def test_without_a_csr_no_chain_is_expected() -> None:
+    reg = machine()
+    rid = registered(reg)
+    final = outcome(
+        answer(reg, 200, rid, {"status": "assigned", "registrationState": ASSIGNED_STATE})
+    )
+    assert isinstance(final, Assigned) and final.issued_chain == ()
+
+
+@pytest.mark.parametrize("chain", ["x", [1], [""], ["ok", None]])
+def test_an_issued_chain_must_be_a_list_of_strings(chain: object) -> None:
+    body = wire.encode_json({"registrationState": {"issuedCertificateChain": chain}})
+    with pytest.raises(ProtocolError) as info:
+        wire.parse_dps_response("$dps/registrations/res/200/?$rid=1", body)
+    assert str(info.value) == (
+        "DPS response registrationState: 'issuedCertificateChain' is not a list of strings"
+    )
+
+
+def registered_after_connect_of(reg: Registration) -> str:
+    reg.handle(DpsConnected())
+    return registered_after_connect(reg)
+
+
+def test_the_poll_request_is_qos_1_with_an_empty_body() -> None:
+    reg = machine()
+    rid = registered(reg)
+    answer(reg, 202, rid, {"operationId": "op-2", "status": "assigning"}, retry=1)
+    publish, timer = reg.handle(DpsTimerFired(RETRY_TIMER))
+    assert publish == Publish(
+        "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=2&operationId=op-2", b"", 1
+    )
+    assert timer == StartTimer(TIMEOUT_TIMER, 5.0)
+
+
+def test_a_final_answer_with_only_the_state_status() -> None:
+    reg = machine()
+    rid = registered(reg)
+    final = outcome(answer(reg, 200, rid, {"registrationState": {"status": "disabled"}}))
+    assert isinstance(final, Failed) and final.rejected
+    assert str(final.error).endswith("registration disabled")
+    reg2 = machine()
+    rid2 = registered(reg2)
+    none = outcome(answer(reg2, 200, rid2, {}))
+    assert isinstance(none, Failed) and str(none.error).endswith("registration None")

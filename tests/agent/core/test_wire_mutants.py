@@ -296,3 +296,16 @@ def test_twin_response_formatting() -> None:
 def test_method_response_parsing() -> None:
     response = wire.parse_method_response("$iothub/methods/res/404/?$rid=4", b'{"m": 1}')
     assert response == wire.MethodResponse(404, "4", {"m": 1})
+
+
+def test_connect_usernames() -> None:
+    assert wire.dps_username("0ne00ABC", "dev 1") == (
+        f"0ne00ABC/registrations/dev 1/api-version={wire.DPS_API_VERSION}"
+    )
+    assert wire.dps_username("s", "d", api_version="2019-03-31", client_version="agent/1 x") == (
+        "s/registrations/d/api-version=2019-03-31&ClientVersion=agent%2F1%20x"
+    )
+    assert wire.hub_username("h.example", "d") == f"h.example/d/?api-version={wire.HUB_API_VERSION}"
+    assert wire.hub_username("h", "d", api_version="v", client_version="a/b c") == (
+        "h/d/?api-version=v&DeviceClientType=a%2Fb%20c"
+    )
