@@ -314,3 +314,70 @@ def test_snapshot_reports_the_outage_and_the_budget() -> None:
     assert (snap.hub, snap.device_id, snap.outage_s) == ("hub-a.local", "dev-1", 42.0)
     assert snap.last_error == "refused" and snap.reprovision_reason is None
     assert machine.budget_allows()
+
+
+def test_a_hub_retry_without_an_outage_counts_none() -> None:
+    """After DPS failed from a working hub, the retry has no outage behind it: not 1 s."""
+    from agent.core.lifecycle import ProvisioningFailed
+    from agent.errors import TransportError
+
+    machine = new(long_outage_s=1.0)
+    machine.handle(Boot(HUB_A))
+    machine.handle(HubConnected())
+    machine.handle(ReprovisionRequested(reason="asked"))
+    machine.handle(ProvisioningFailed(TransportError("DPS down")))
+    assert machine.state is State.HUB_BACKOFF and machine.outage_started is None
+    assert machine.handle(TimerFired())[0] == ConnectHub(HUB_A)
+
+
+def test_a_dps_failure_sets_when_dps_may_be_tried_again() -> None:
+    from agent.core.lifecycle import ProvisioningFailed
+    from agent.errors import ProvisioningError
+
+    clock = FakeClock()
+    machine = new(clock)
+    machine.handle(Boot(None))
+    machine.handle(ProvisioningFailed(ProvisioningError(429, "slow down"), retry_after_s=100.0))
+    assert clock.monotonic() + 100.0 <= machine.dps_not_before <= clock.monotonic() + 101.0
+    assert machine.last_error == "DPS status 429: slow down"
+    assert machine.describe() == "DPS failed (DPS status 429: slow down); retrying"
+
+
+def test_a_dps_retry_keeps_the_reason_it_started_with() -> None:
+    from agent.core.lifecycle import ProvisioningFailed
+    from agent.errors import TransportError
+
+    machine = new()
+    machine.handle(Boot(None, reason="first boot"))
+    machine.handle(ProvisioningFailed(TransportError("down")))
+    assert machine.state is State.DPS_BACKOFF
+    actions = machine.handle(TimerFired())
+    assert ConnectDps() in actions
+    assert machine.reprovision_reason == "first boot"
+    assert machine.describe() == "registering with DPS (first boot)"
+
+
+def test_the_identity_recheck_timer_is_the_lifecycle_timer() -> None:
+    machine = new()
+    machine.handle(IdentityInvalid("not yet valid"))
+    timer, check = machine.handle(TimerFired())
+    assert isinstance(timer, StartTimer) and timer.name == TIMER and check == CheckIdentity()
+
+
+def test_budget_allows_reads_the_wall_clock() -> None:
+    clock = FakeClock()
+    machine = new(clock, spent=True)
+    assert not machine.budget_allows()
+    clock.advance(CONFIG.reprovision_window_s)
+    assert machine.budget_allows()
+
+
+def test_a_dps_retry_without_a_reason_says_retry() -> None:
+    from agent.core.lifecycle import ProvisioningFailed
+    from agent.errors import TransportError
+
+    machine = new()
+    machine.handle(Boot(None, reason=""))
+    machine.handle(ProvisioningFailed(TransportError("down")))
+    machine.handle(TimerFired())
+    assert machine.reprovision_reason == "retry"

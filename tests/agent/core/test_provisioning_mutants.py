@@ -378,3 +378,13 @@ def test_a_final_answer_with_only_the_state_status() -> None:
     rid2 = registered(reg2)
     none = outcome(answer(reg2, 200, rid2, {}))
     assert isinstance(none, Failed) and str(none.error).endswith("registration None")
+
+
+def test_a_failure_detail_keeps_its_last_character() -> None:
+    reg = machine()
+    rid = registered(reg)
+    body = {"status": "failed", "registrationState": {"errorMessage": "code X"}}
+    final = outcome(answer(reg, 200, rid, body))
+    assert str(final.error if isinstance(final, Failed) else "").endswith(
+        "registration failed: code X"
+    )

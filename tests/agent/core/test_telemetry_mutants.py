@@ -203,3 +203,12 @@ def test_a_failing_status_callback_is_a_500_not_a_crash() -> None:
         wire.MethodRequest("getStatus", "1", None), status=broken, budget_allows=True
     )
     assert reply == methods.MethodReply(500, {"message": "getStatus failed: KeyError: 'state'"})
+
+
+def test_set_interval_names_itself_when_the_payload_is_not_an_object() -> None:
+    reply = methods.dispatch(
+        wire.MethodRequest("setTelemetryInterval", "1", [5]), status=dict, budget_allows=True
+    )
+    assert reply.payload == {
+        "message": "setTelemetryInterval: payload must be a JSON object, got list"
+    }
