@@ -309,3 +309,9 @@ def test_connect_usernames() -> None:
     assert wire.hub_username("h", "d", api_version="v", client_version="a/b c") == (
         "h/d/?api-version=v&DeviceClientType=a%2Fb%20c"
     )
+
+
+def test_the_hub_username_announces_a_model() -> None:
+    assert wire.hub_username("h", "d", api_version="v", model_id="dtmi:x:Y;1") == (
+        "h/d/?api-version=v&model-id=dtmi%3Ax%3AY%3B1"
+    )
