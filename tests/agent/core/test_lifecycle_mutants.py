@@ -114,7 +114,8 @@ def test_an_unavailable_hub_backs_off_and_describes_why() -> None:
     actions = machine.handle(HubUnavailable("TLS handshake timed out"))
     assert actions[0] == Disconnect()
     timer = actions[1]
-    assert isinstance(timer, StartTimer) and timer.name == TIMER and 0 <= timer.delay_s <= 1.0
+    # Full jitter under the 1 s base: never clamped up to a floor.
+    assert isinstance(timer, StartTimer) and timer.name == TIMER and 0 <= timer.delay_s < 1.0
     assert actions[2] == Status(
         State.HUB_BACKOFF, "hub hub-a.local unreachable (TLS handshake timed out); retrying"
     )
@@ -381,3 +382,30 @@ def test_a_dps_retry_without_a_reason_says_retry() -> None:
     machine.handle(ProvisioningFailed(TransportError("down")))
     machine.handle(TimerFired())
     assert machine.reprovision_reason == "retry"
+
+
+def test_identity_back_forgets_a_rejection() -> None:
+    machine = new()
+    machine.handle(Boot(HUB_A))
+    machine.hub_rejected = True
+    machine.handle(IdentityInvalid("rotated"))
+    machine.handle(IdentityLoaded(HUB_A))
+    assert machine.hub_rejected is False
+
+
+def test_a_long_outage_over_budget_keeps_trying_the_hub() -> None:
+    clock = FakeClock()
+    machine = new(clock, spent=True)
+    machine.handle(Boot(HUB_A))
+    machine.handle(HubUnavailable("refused"))
+    clock.advance(CONFIG.long_outage_s)
+    actions = machine.handle(TimerFired())
+    timer = actions[0]
+    assert isinstance(timer, StartTimer) and timer.name == TIMER and 0 <= timer.delay_s <= 2.0
+    assert machine.state is State.HUB_BACKOFF and machine.hub_backoff.attempt == 2
+
+
+def test_the_snapshot_says_why_it_registers() -> None:
+    machine = new()
+    machine.handle(Boot(None))
+    assert machine.snapshot().reprovision_reason == "first boot: no cached assignment"

@@ -18,6 +18,8 @@ from agent.core.provisioning import (
     Assigned,
     Assignment,
     DpsConnected,
+    DpsConnectionLost,
+    DpsConnectRefused,
     DpsMessage,
     DpsSubscribed,
     DpsTimerFired,
@@ -388,3 +390,40 @@ def test_a_failure_detail_keeps_its_last_character() -> None:
     assert str(final.error if isinstance(final, Failed) else "").endswith(
         "registration failed: code X"
     )
+
+
+def test_connection_failures_say_which_service() -> None:
+    refused = outcome(machine().handle(DpsConnectRefused(5)))
+    assert (
+        isinstance(refused, Failed)
+        and str(refused.error) == "DPS refused the connection (CONNACK 5)"
+    )
+    lost = outcome(machine().handle(DpsConnectionLost("reset by peer")))
+    assert isinstance(lost, Failed) and str(lost.error) == "DPS connection lost: reset by peer"
+
+
+def test_assigned_without_timestamps_or_fallback_has_an_empty_time() -> None:
+    reg = Registration("dev-1", None, rng=random.Random(1))
+    reg.handle(DpsConnected())
+    publish = reg.handle(DpsSubscribed((1,)))[0]
+    assert isinstance(publish, Publish)
+    state = {"assignedHub": "h", "deviceId": "d", "status": "assigned"}
+    final = outcome(answer(reg, 200, "1", {"status": "assigned", "registrationState": state}))
+    assert isinstance(final, Assigned) and final.assignment.provisioned_at == ""
+
+
+def test_the_default_throttle_policy_is_one_second_base_sixty_cap() -> None:
+    reg = Registration("dev-1", None, rng=random.Random(8), max_throttled=20)
+    expected = Backoff(BackoffPolicy(1.0, 60.0), random.Random(8))
+    reg.handle(DpsConnected())
+    rid = "1"
+    reg.handle(DpsSubscribed((1,)))
+    for n in range(10):
+        retry = 0 if n % 2 else None  # with retry-after 0, and without (full jitter)
+        actions = answer(reg, 429, rid, None, retry=retry)
+        timer = actions[1]
+        assert isinstance(timer, StartTimer)
+        assert timer.delay_s == expected.next_delay_s(None if retry is None else 0.0)
+        publish = reg.handle(DpsTimerFired(RETRY_TIMER))[0]
+        assert isinstance(publish, Publish)
+        rid = publish.topic.rsplit("=", 1)[1]

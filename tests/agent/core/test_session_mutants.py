@@ -295,7 +295,7 @@ def test_a_c2d_message_is_logged_and_dropped(caplog: pytest.LogCaptureFixture) -
     s = make()
     with caplog.at_level("INFO", logger="agent.core.session"):
         assert s.on_message("devices/dev-1/messages/devicebound/a=1", b"hello") == []
-    assert "cloud-to-device message (5 bytes, properties {'a': '1'})" in caplog.text
+    assert messages(caplog) == ["cloud-to-device message (5 bytes, properties {'a': '1'})"]
 
 
 def test_a_malformed_method_payload_is_answered_400_with_the_problem() -> None:

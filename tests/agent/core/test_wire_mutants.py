@@ -315,3 +315,26 @@ def test_the_hub_username_announces_a_model() -> None:
     assert wire.hub_username("h", "d", api_version="v", model_id="dtmi:x:Y;1") == (
         "h/d/?api-version=v&model-id=dtmi%3Ax%3AY%3B1"
     )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: wire.parse_method_request(f"{METHOD}reboot", b""),
+         f"method request: topic '{METHOD}reboot' has no '/?' query part"),
+        (lambda: wire.parse_method_response("$iothub/methods/res/200", b""),
+         "method response: topic '$iothub/methods/res/200' has no '/?' query part"),
+        (lambda: wire.parse_method_response("$iothub/methods/res/2x0/?$rid=1", b""),
+         "method response: status '2x0' in topic '$iothub/methods/res/2x0/?$rid=1' is not a "
+         "3-digit number"),
+        (lambda: wire.parse_method_response("$iothub/methods/res/200/?a=1", b""),
+         "method response: topic '$iothub/methods/res/200/?a=1' has no $rid"),
+        (lambda: wire.parse_method_response("$iothub/methods/res/200/?$rid=1", b"{"),
+         "method response: payload is not UTF-8 JSON (Expecting property name enclosed in "
+         "double quotes: line 1 column 2 (char 1))"),
+    ],
+)  # fmt: skip
+def test_method_topic_errors(call: Callable[[], object], message: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        call()
+    assert str(info.value) == message
