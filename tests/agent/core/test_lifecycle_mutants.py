@@ -409,3 +409,14 @@ def test_the_snapshot_says_why_it_registers() -> None:
     machine = new()
     machine.handle(Boot(None))
     assert machine.snapshot().reprovision_reason == "first boot: no cached assignment"
+
+
+def test_a_refused_event_carries_the_tables_reason() -> None:
+    from agent.core.lifecycle import TABLE
+
+    machine = new()
+    with pytest.raises(IllegalEventError) as info:
+        machine.handle(HubConnected())
+    assert str(info.value) == (
+        f"HubConnected refused in STARTING: {TABLE[(State.STARTING, HubConnected)].note}"
+    )

@@ -212,3 +212,38 @@ def test_set_interval_names_itself_when_the_payload_is_not_an_object() -> None:
     assert reply.payload == {
         "message": "setTelemetryInterval: payload must be a JSON object, got list"
     }
+
+
+class _Sensor:
+    def __init__(self, name: str, values: dict[str, float] | None, error: Exception | None = None):
+        self.name = name
+        self.part = "X"
+        self.quantities = tuple(values or ())
+        self._values = values
+        self._error = error
+
+    def read(self) -> dict[str, float]:
+        if self._error is not None:
+            raise self._error
+        assert self._values is not None
+        return dict(self._values)
+
+
+def test_one_step_sampling_carries_on_after_a_failure() -> None:
+    from agent.core.telemetry import sample
+    from hal.exc import I2CError
+
+    sensors = [
+        _Sensor("a", None, I2CError(121, 1, 0x76, "read 8")),
+        _Sensor(
+            "b", {"temperature_c": 1.0, "humidity_pct": float("nan"), "pressure_hpa": float("inf")}
+        ),
+        _Sensor("c", {"temperature_c": 2.0}),
+        _Sensor("d", {"temperature_c": 3.0}),
+    ]
+    result = sample(sensors, disabled=frozenset({"d"}))  # type: ignore[arg-type]
+    assert result.readings == {"b": {"temperature_c": 1.0}, "c": {"temperature_c": 2.0}}
+    assert result.errors == {
+        "a": "I2CError: i2c-1 0x76: read 8 failed: EREMOTEIO (Remote I/O error)",
+        "b": "non-finite value for humidity_pct, pressure_hpa",
+    }

@@ -262,3 +262,13 @@ def test_reported_patch_sends_only_what_changed() -> None:
     assert reported_patch({"a": {"x": 1}}, {"a": 2}) == {"a": 2}
     assert reported_patch({"a": 2}, {"a": {"x": 1}}) == {"a": {"x": 1}}
     assert reported_patch({}, {"a": None}) == {"a": None}  # new key, even when null
+
+
+def test_an_unknown_sensor_does_not_stop_the_rest_of_the_patch() -> None:
+    result = apply({SENSORS_KEY: {"nope": {"enabled": True}, BME: {"enabled": False}}}, full=False)
+    assert result.settings.disabled_sensors == frozenset({"bme280@1:0x76"})
+    assert set(result.settings.sensor_acks) == {"nope", BME}
+
+
+def test_twin_key_keeps_ordinary_letters() -> None:
+    assert twin_key("XMAS-x") == "XMAS-x"

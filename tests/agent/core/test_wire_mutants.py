@@ -338,3 +338,15 @@ def test_method_topic_errors(call: Callable[[], object], message: str) -> None:
     with pytest.raises(ProtocolError) as info:
         call()
     assert str(info.value) == message
+
+
+def test_the_query_starts_at_the_first_slash_question_mark() -> None:
+    request = wire.parse_method_request(f"{METHOD}m/?$rid=a/?b", b"")
+    assert (request.name, request.rid) == ("m", "a/?b")
+
+
+@pytest.mark.parametrize("key", ["status", "message"])
+def test_dps_response_strings_are_checked(key: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        wire.parse_dps_response(f"{DPS}200/?$rid=1", wire.encode_json({key: 5}))
+    assert str(info.value) == f"DPS response: {key!r} is int, expected a string"
