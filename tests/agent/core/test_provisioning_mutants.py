@@ -394,9 +394,8 @@ def test_a_failure_detail_keeps_its_last_character() -> None:
 
 def test_connection_failures_say_which_service() -> None:
     refused = outcome(machine().handle(DpsConnectRefused(5)))
-    assert (
-        isinstance(refused, Failed)
-        and str(refused.error).startswith("DPS refused the connection (CONNACK 5): ")
+    assert isinstance(refused, Failed) and str(refused.error).startswith(
+        "DPS refused the connection (CONNACK 5): "
     )
     lost = outcome(machine().handle(DpsConnectionLost("reset by peer")))
     assert isinstance(lost, Failed) and str(lost.error) == "DPS connection lost: reset by peer"
