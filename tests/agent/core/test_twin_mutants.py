@@ -272,3 +272,43 @@ def test_an_unknown_sensor_does_not_stop_the_rest_of_the_patch() -> None:
 
 def test_twin_key_keeps_ordinary_letters() -> None:
     assert twin_key("XMAS-x") == "XMAS-x"
+
+
+def test_certificate_report_warns_only_within_30_days_when_nothing_renews() -> None:
+    from agent.core.twin import EXPIRY_WARNING_S, certificate_report
+
+    now = 1_800_000_000.0
+    report = certificate_report(
+        not_before=0.0, not_after=now + 86_400 * 2.5, renewal="none", now=now
+    )
+    assert report == {
+        "validFrom": "1970-01-01T00:00:00.000Z",
+        "validUntil": "2027-01-17T20:00:00.000Z",
+        "renewal": "none",
+        "warning": "expires in 2 days and nothing renews it",
+    }
+    at_limit = certificate_report(
+        not_before=0.0, not_after=now + EXPIRY_WARNING_S, renewal="none", now=now
+    )
+    assert "warning" not in at_limit
+    expired = certificate_report(not_before=0.0, not_after=now - 10, renewal="none", now=now)
+    assert expired["warning"] == "expires in 0 days and nothing renews it"
+    soon = certificate_report(not_before=0.0, not_after=now + 3600, renewal="none", now=now)
+    assert soon["warning"] == "expires in 0 days and nothing renews it"
+    renewed = certificate_report(not_before=0.0, not_after=now + 10, renewal="dps", now=now)
+    assert "warning" not in renewed
+
+
+def test_reported_document_carries_buffer_and_certificate_when_given() -> None:
+    kwargs: dict[str, object] = dict(
+        agent_version="1", hub=None, device_id=None, provisioned_at=None,
+        last_reprovision_reason=None, sensors=[], settings=DEFAULT, errors={},
+    )  # fmt: skip
+    plain = build_reported(**kwargs)  # type: ignore[arg-type]
+    assert "telemetryBuffer" not in plain and "certificate" not in plain
+    full = build_reported(
+        **kwargs, telemetry_buffer={"kind": "sqlite"}, certificate={"renewal": "dps"}
+    )  # type: ignore[arg-type]
+    assert full["telemetryBuffer"] == {"kind": "sqlite"} and full["certificate"] == {
+        "renewal": "dps"
+    }
