@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import stat
@@ -67,6 +68,8 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+#: The messages table's columns, in order, as :data:`_SCHEMA` makes them.
+COLUMNS = ("message_id", "sequence", "sampled_at", "properties", "body")
 DROP_REASONS = ("count", "bytes", "age", "corrupt")
 
 
@@ -144,7 +147,10 @@ class SqliteBuffer:
         bodies = self._read(stored) if stored else {}
         taken: list[TelemetryMessage] = []
         for mid in chosen:
-            message = self._entries[mid].message or bodies.get(mid)
+            entry = self._entries.get(mid)
+            if entry is None:
+                continue  # dropped while reading (the database turned out corrupt)
+            message = entry.message or bodies.get(mid)
             if message is None:
                 if self._db is not None and not self._read_failed:
                     # Gone from the database under us: count it, do not wedge on it.
@@ -237,6 +243,8 @@ class SqliteBuffer:
         db = sqlite3.connect(
             self.path, timeout=0.5, isolation_level="DEFERRED", check_same_thread=False
         )
+        # A flipped byte in one row's text must cost that row, not the whole batch read.
+        db.text_factory = _lenient_text
         try:
             # Small pages: a commit of one message rewrites a few 1 KiB pages, not 4 KiB ones
             # (takes effect only when the file is created).
@@ -261,6 +269,10 @@ class SqliteBuffer:
             if schema is None or schema[0] != SCHEMA_VERSION:
                 db.close()
                 raise sqlite3.DatabaseError(f"schema {schema!r}, expected {SCHEMA_VERSION}")
+            columns = [row[1] for row in db.execute("PRAGMA table_info(messages)")]
+            if columns != list(COLUMNS):
+                db.close()
+                raise sqlite3.DatabaseError(f"messages has columns {columns}, expected {COLUMNS}")
             if db.execute("PRAGMA quick_check").fetchone() != ("ok",):
                 db.close()
                 raise sqlite3.DatabaseError("quick_check failed")
@@ -278,10 +290,13 @@ class SqliteBuffer:
             return self._open_fresh()
         except sqlite3.Error as exc:
             return self._unusable(f"cannot open {self.path}: {exc}")
+        except ValueError as exc:  # text that is not UTF-8 in the schema or a pragma
+            self._set_aside(f"unreadable content ({type(exc).__name__}: {exc})")
+            return self._open_fresh()
         if mode != "wal":
             log.warning("%s: WAL journal not available (journal mode %r)", self.path, mode)
         self._db = db
-        self._adopt(rows, int(high[0]) if high else 0)
+        self._adopt(rows, high[0] if high else 0)
         return True
 
     def _open_fresh(self) -> bool:
@@ -304,16 +319,38 @@ class SqliteBuffer:
         elif st.st_size > limit:
             self._set_aside(f"{st.st_size} bytes, more than the bounds allow ({limit})")
 
-    def _adopt(self, rows: list[tuple[str, int, float, int]], high_water: int) -> None:
-        """Put what the database holds before anything appended since (it is older)."""
+    def _adopt(self, rows: list[tuple[object, object, object, object]], high_water: object) -> None:
+        """Put what the database holds before anything appended since (it is older).
+
+        SQLite columns take any type: a row whose values are not what :meth:`flush`
+        writes is dropped (counted as ``corrupt``, deleted at the next flush), and a
+        ``high_water`` that is no sequence number is replaced by the highest kept one.
+        """
         newer = self._entries
         self._entries = OrderedDict()
         for mid, sequence, sampled_at, size in rows:
             if mid in newer or mid in self._to_delete:
                 continue
-            self._entries[mid] = _Entry(int(sequence), float(sampled_at), int(size), None)
-            self._bytes += int(size)
+            if not (
+                isinstance(mid, str)
+                and _is_sequence(sequence)
+                and isinstance(sampled_at, int | float)
+                and math.isfinite(sampled_at)
+                and isinstance(size, int)
+                and size >= 0
+            ):
+                log.warning("telemetry buffer %s: dropping a malformed row", self.path)
+                self._to_delete.add(mid)  # type: ignore[arg-type]
+                self.dropped_by["corrupt"] += 1
+                continue
+            assert isinstance(sequence, int)
+            self._entries[mid] = _Entry(sequence, float(sampled_at), size, None)
+            self._bytes += size
         self._entries.update(newer)
+        if not _is_sequence(high_water):
+            log.warning("telemetry buffer %s: high_water %.40r unusable", self.path, high_water)
+            high_water = max((e.sequence for e in self._entries.values()), default=0)
+        assert isinstance(high_water, int)
         self.high_water = max(self.high_water, high_water)
         if rows:
             log.info("telemetry buffer %s: %d message(s) kept from before", self.path, len(rows))
@@ -408,6 +445,20 @@ class SqliteBuffer:
                 self._db.close()
         self._db = None
         return False
+
+
+def _lenient_text(raw: bytes) -> str:
+    """TEXT as stored, with bytes that are not UTF-8 replaced (the row then fails to parse)."""
+    return raw.decode("utf-8", "replace")
+
+
+#: Sequence numbers stay well inside SQLite's signed 64-bit INTEGER.
+MAX_SEQUENCE = 2**62
+
+
+def _is_sequence(value: object) -> bool:
+    """A sequence number as :meth:`SqliteBuffer.flush` writes one (int, 0..2**62)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_SEQUENCE
 
 
 def _is_disk_trouble(exc: sqlite3.DatabaseError) -> bool:

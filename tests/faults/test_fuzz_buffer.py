@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from agent.store.buffer import BUFFER_FILE, SqliteBuffer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.core.telemetry import Sample, TelemetryMessage, build_message
+from agent.store.buffer import BUFFER_FILE, SqliteBuffer
 from tests.support.agentcloud import Cloud, issue_device, write_config
 from tests.support.fakeclock import FakeClock
 
@@ -156,3 +156,44 @@ def test_the_agent_starts_on_a_garbage_buffer_and_sends_telemetry(
     text = log.read_text()
     assert BUFFER_FILE in text and "Traceback" not in text, text[-2000:]
     assert any(p.name.startswith(f"{BUFFER_FILE}.corrupt-") for p in state_dir.iterdir())
+
+
+# The cases the fuzzing found, kept as plain tests.
+
+
+def test_a_row_of_the_wrong_types_is_dropped_and_the_others_kept(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = written(tmp_path, clock, count=3)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO messages VALUES ('bad', '', 'not a time', 'x', 'y')")
+        db.execute("UPDATE meta SET value = 'garbage' WHERE key = 'high_water'")
+    buffer = open_buffer(path, clock)
+    assert [m.sequence for m in buffer.take(10)] == [1, 2, 3]
+    assert buffer.dropped_by["corrupt"] == 1
+    assert buffer.next_sequence == 4  # the highest kept, not the unusable high_water
+    buffer.close()
+
+
+def test_one_row_that_is_not_utf_8_costs_that_row_only(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = written(tmp_path, clock, count=3)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE messages SET properties = CAST(X'80ff7b7d' AS TEXT) WHERE sequence = 2")
+    buffer = open_buffer(path, clock)
+    assert [m.sequence for m in buffer.take(10)] == [1, 3]
+    assert buffer.dropped_by["corrupt"] == 1
+    buffer.close()
+
+
+def test_a_messages_table_with_other_columns_is_set_aside_at_open(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = written(tmp_path, clock, count=2)
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE messages RENAME COLUMN properties TO propErties")
+    buffer = open_buffer(path, clock)
+    assert buffer.problem is not None and "columns" in buffer.problem
+    assert any(p.name.startswith(f"{BUFFER_FILE}.corrupt-") for p in tmp_path.iterdir())
+    buffer.append(message(buffer.next_sequence, clock))
+    assert buffer.flush()
+    assert len(buffer.take(10)) == 1
+    buffer.close()

@@ -9,28 +9,7 @@ from pathlib import Path
 
 from agent.config import load_config
 from tests.faults.conftest import Proxied
-from tests.support.agentcloud import Cloud
 from tests.support.killrun import KillRun, sqlite_buffer_snapshot
-
-
-def test_sigkill_at_random_moments_keeps_state_intact_and_duplicates_within_at_least_once(
-    cloud: Cloud, tmp_path: Path, seed: int, pycache: Path
-) -> None:
-    run = KillRun(cloud, tmp_path / "kill", seed=seed, devices=3, pycache=pycache)
-    try:
-        run.run(30, budget_s=90)
-        run.finish(drain_timeout_s=30)
-    finally:
-        run.stop()
-    report = run.report()
-    detail = f"seed {seed}: {report.summary()}\n{report.problems}\n{run.log_tails()}"
-    print(report.summary())
-    assert report.trials == 30, detail
-    assert report.kills_connected >= 10, detail  # kills landed while publishing
-    assert report.problems == (), detail
-    assert report.distinct > report.trials, detail  # telemetry flowed between kills
-    assert report.duplicates <= report.duplicate_bound, detail
-
 
 #: How many kills the durable buffer's guarantee is proven over (issue #9: at least 200).
 TRIALS = 200
