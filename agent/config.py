@@ -129,6 +129,9 @@ class IdentityConfig:
     renew_jitter: float = 0.05
     #: How often the agent looks whether renewal is due.
     renew_check_s: float = 3600.0
+    #: ``dps``: renew by registering again with a new CSR; ``hub``: through the hub's
+    #: ``$iothub/credentials`` endpoint (Azure Device Registry, preview).
+    renewal: Literal["dps", "hub"] = "dps"
 
     @property
     def operational_cert(self) -> Path:
@@ -397,6 +400,7 @@ def _identity(t: _Table, base: Path) -> IdentityConfig:
         renew_at=t.share("renew_at", 0.8),
         renew_jitter=t.share("renew_jitter", 0.05),
         renew_check_s=t.seconds("renew_check_s", 3600.0),
+        renewal=cast(Literal["dps", "hub"], t.choice("renewal", ("dps", "hub"), "dps")),
     )
     if keystore == "tpm" and config.key_passphrase_file is not None:
         raise t.error("key_passphrase_file", "a TPM key has no passphrase file")

@@ -74,6 +74,7 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.core import lifecycle, provisioning
 from agent.core.clock import Clock, SystemClock, clock_unset, utc_iso
+from agent.core.credentials import TIMER as HUB_RENEWAL_TIMER
 from agent.core.telemetry import (
     MemoryQueue,
     Publisher,
@@ -490,6 +491,8 @@ class Daemon:
             actions.session_actions(actions.session.on_timer(name))
         elif name == STATUS_TIMER:
             actions.write_status()
+        elif name == HUB_RENEWAL_TIMER and actions.hub_renewal is not None:
+            actions.renewal_actions(actions.hub_renewal.on_timer(name))
         elif name == RENEWAL_TIMER:
             self.timers.start(RENEWAL_TIMER, self.config.identity.renew_check_s)
             actions.maybe_renew()

@@ -39,6 +39,13 @@ from agent.config import AgentConfig
 from agent.core import lifecycle, provisioning, wire
 from agent.core.actions import CancelTimer, Publish, StartTimer, Subscribe
 from agent.core.clock import Clock, utc_iso
+from agent.core.credentials import (
+    RESPONSE_PREFIX,
+    CertificateIssued,
+    HubRenewal,
+    RenewalAction,
+    RenewalFailed,
+)
 from agent.core.methods import Reprovision
 from agent.core.session import HubSession, ReportedContext, SettingsChanged, sensor_infos
 from agent.core.telemetry import Publisher
@@ -142,6 +149,8 @@ class Executor:
         self.renewal: tuple[Path, Path] | None = None
         self.candidate: Identity | None = None
         self._renew_due: tuple[str, float] | None = None
+        #: A renewal through the hub's credentials endpoint, while its request runs.
+        self.hub_renewal: HubRenewal | None = None
 
     @property
     def state(self) -> lifecycle.State:
@@ -173,6 +182,18 @@ class Executor:
         if self.link is Link.DPS:
             self._route_dps(event)
             return
+        if self.hub_renewal is not None:
+            match event:
+                case ev.MessageReceived(topic=topic, payload=payload) if topic.startswith(
+                    RESPONSE_PREFIX
+                ):
+                    self.renewal_actions(self.hub_renewal.on_message(topic, payload))
+                    return
+                case ev.ConnectionLost() | ev.ConnectRefused():
+                    self.hub_renewal = None
+                    self._abandon_renewal("the connection ended during the renewal")
+                case _:
+                    pass
         if self.candidate is not None:
             match event:
                 case ev.Connected():
@@ -470,9 +491,65 @@ class Executor:
 
         self.renewal = candidate_paths(self.config.identity, int(self.clock.time() * 1000))
         log.info("renewing the operational certificate (due since %s)", utc_iso(due))
+        if self.config.identity.renewal == "hub":
+            self._renew_through_hub()
+            return
         self.feed(lifecycle.ReprovisionRequested(force=False, reason="certificate renewal"))
         if self.state is lifecycle.State.CONNECTED:  # the budget said not now
             self._abandon_renewal("the reprovision budget does not allow it now")
+
+    def _renew_through_hub(self) -> None:
+        """Send the new key's CSR to the hub's credentials endpoint."""
+        from agent.identity.operational import request_csr
+
+        machine, ident = self.machine, self.identity
+        assert self.renewal is not None and ident is not None
+        assignment = machine.assignment if machine else None
+        if assignment is None:
+            self._abandon_renewal("no hub assignment")
+            return
+        try:
+            csr = request_csr(self.config, ident.registration_id, self.renewal[1])
+        except AgentError as exc:
+            self._abandon_renewal(f"no CSR: {exc}")
+            return
+        rid = f"renew-{int(self.clock.time() * 1000)}"
+        self.hub_renewal = HubRenewal(
+            assignment.device_id, csr, rid, timeout_s=self.config.lifecycle.connect_timeout_s * 4
+        )
+        self.renewal_actions(self.hub_renewal.start())
+
+    def renewal_actions(self, actions: Sequence[RenewalAction]) -> None:
+        """Carry out what the hub renewal answered."""
+        for action in actions:
+            match action:
+                case Subscribe() | Publish():
+                    self._send(action)
+                case StartTimer() | CancelTimer():
+                    self._timer_action(action)
+                case CertificateIssued(chain=chain):
+                    self.hub_renewal = None
+                    assert self.renewal is not None
+                    try:
+                        self.candidate = self._adopt_issued(chain, self.renewal)
+                    except AgentError as exc:
+                        self._abandon_renewal(f"the issued certificate cannot be used: {exc}")
+                        continue
+                    self._switch_to_candidate()
+                case RenewalFailed(code=code, message=message, transient=transient):
+                    self.hub_renewal = None
+                    kind = "transient" if transient else "final"
+                    self._abandon_renewal(f"the hub answered {code} ({kind}): {message}")
+
+    def _switch_to_candidate(self) -> None:
+        """Drop the hub connection; the reconnection presents the candidate."""
+        log.info("the hub issued a certificate; reconnecting with it")
+        if self.session is not None:
+            self.session.on_disconnected()
+            self.session = None
+        self.timers.cancel_prefixed(CONNECTION_TIMER_PREFIXES)
+        self.close_transport()
+        self.feed(lifecycle.ConnectionDropped("switching to the renewed certificate"))
 
     def _abandon_renewal(self, why: str) -> None:
         """Forget a renewal's candidate (its files go); the current pair stays current."""

@@ -198,3 +198,66 @@ def test_a_renewed_certificate_the_hub_refuses_is_rolled_back(tmp_path: Path, cl
         cloud.client.wait_for_telemetry(
             device_id="dev-rollback", since=since, count=2, timeout_s=15
         )
+
+
+def test_renewal_through_the_hubs_credentials_endpoint(tmp_path: Path, cloud: Cloud) -> None:
+    """``renewal = "hub"``: the CSR goes to $iothub/credentials on the live connection;
+    the agent reconnects with the issued certificate and then makes it current."""
+    config = renewing_config(tmp_path, cloud, "dev-hubrenew", renewal="hub")
+    clock = ShiftedClock()
+    with AgentThread(config, clock=clock) as agent:
+        agent.wait_state(State.CONNECTED, timeout_s=30)
+        attempts = cloud.client.registration_attempts("dev-hubrenew")
+        clock.offset_s = 0.86 * LIFETIME_S
+        wait_until(
+            lambda: len(cloud.client.issued_certificates(registration_id="dev-hubrenew")) == 2,
+            timeout_s=30,
+            what="a certificate from the hub",
+        )
+        clock.offset_s = 0.0
+        second = cloud.client.issued_certificates(registration_id="dev-hubrenew")[-1]
+        assert second["issuedVia"] == "hub"
+        wait_until(
+            lambda: der_thumbprint(current_paths(config.identity)[0]) == second["sha256Thumbprint"],
+            timeout_s=30,
+            what="the renewed pair to become current",
+        )
+        assert connected_with(cloud, "dev-hubrenew") == second["sha256Thumbprint"]
+        assert cloud.client.registration_attempts("dev-hubrenew") == attempts  # no DPS
+        since = cloud.client.last_sequence_number()
+        cloud.client.wait_for_telemetry(
+            device_id="dev-hubrenew", since=since, count=2, timeout_s=15
+        )
+
+
+def test_a_hub_renewed_certificate_the_hub_refuses_is_rolled_back(
+    tmp_path: Path, cloud: Cloud
+) -> None:
+    config = renewing_config(tmp_path, cloud, "dev-hubrefused", renewal="hub")
+    clock = ShiftedClock()
+    with AgentThread(config, clock=clock) as agent:
+        agent.wait_state(State.CONNECTED, timeout_s=30)
+        first = der_thumbprint(config.identity.operational_cert)
+        cloud.client.refuse_renewals("dev-hubrefused", mode="connect")
+        clock.offset_s = 0.86 * LIFETIME_S
+        wait_until(
+            lambda: any(
+                c["refusedAtConnect"]
+                for c in cloud.client.issued_certificates(registration_id="dev-hubrefused")
+            ),
+            timeout_s=30,
+            what="a refused renewal",
+        )
+        clock.offset_s = 0.0
+        wait_until(
+            lambda: (
+                agent.state is State.CONNECTED and connected_with(cloud, "dev-hubrefused") == first
+            ),
+            timeout_s=30,
+            what="connected again with the old certificate",
+        )
+        assert der_thumbprint(current_paths(config.identity)[0]) == first
+        since = cloud.client.last_sequence_number()
+        cloud.client.wait_for_telemetry(
+            device_id="dev-hubrefused", since=since, count=2, timeout_s=15
+        )
