@@ -131,6 +131,37 @@ def connected_with(cloud: Cloud, device_id: str) -> str | None:
     return cloud.client.get_device(device_id)["connectionCertificateThumbprint"]
 
 
+def renewed_and_current(cloud: Cloud, config: AgentConfig, regid: str, clock: ShiftedClock) -> str:
+    """Past the renewal point until a renewal is issued, then back; the renewed thumbprint
+    that became current (one more renewal may slip in before the clock is put back)."""
+    clock.offset_s = 0.86 * LIFETIME_S  # past 80 % + at most 5 % jitter
+    wait_until(
+        lambda: len(cloud.client.issued_certificates(registration_id=regid)) >= 2,
+        timeout_s=30,
+        what="a renewed certificate",
+    )
+    clock.offset_s = 0.0
+    issued = cloud.client.issued_certificates(registration_id=regid)
+    first = issued[0]["sha256Thumbprint"]
+
+    def renewed() -> str | None:
+        current = der_thumbprint(current_paths(config.identity)[0])
+        later = [
+            c["sha256Thumbprint"] for c in cloud.client.issued_certificates(registration_id=regid)
+        ]
+        return current if current != first and current in later[1:] else None
+
+    # The hub counts the connection before its CONNACK reaches the agent, which commits
+    # on CONNACK: wait for the commit.
+    current = wait_until(renewed, timeout_s=30, what="the renewed pair to become current")
+    wait_until(
+        lambda: connected_with(cloud, regid) == current,
+        timeout_s=30,
+        what="the hub connection with the renewed certificate",
+    )
+    return str(current)
+
+
 def test_renewal_through_dps_driven_by_the_clock(tmp_path: Path, cloud: Cloud) -> None:
     """At 80 % (+ jitter) of the lifetime the agent registers again with a new key's
     CSR, connects with the new certificate and only then makes it current."""
@@ -138,28 +169,10 @@ def test_renewal_through_dps_driven_by_the_clock(tmp_path: Path, cloud: Cloud) -
     clock = ShiftedClock()
     with AgentThread(config, clock=clock) as agent:
         agent.wait_state(State.CONNECTED, timeout_s=30)
-        first = der_thumbprint(config.identity.operational_cert)
         old_key = config.identity.operational_key.read_bytes()
-        clock.offset_s = 0.86 * LIFETIME_S  # past 80 % + at most 5 % jitter
-        wait_until(
-            lambda: len(cloud.client.issued_certificates(registration_id="dev-renew")) == 2,
-            timeout_s=30,
-            what="a second certificate",
-        )
-        clock.offset_s = 0.0
-        second = cloud.client.issued_certificates(registration_id="dev-renew")[-1]
-        assert second["sha256Thumbprint"] != first
-        wait_until(
-            lambda: connected_with(cloud, "dev-renew") == second["sha256Thumbprint"],
-            timeout_s=30,
-            what="the hub connection with the renewed certificate",
-        )
-        # The hub counts the connection before its CONNACK reaches the agent, which commits
-        # on CONNACK: wait for the commit.
-        wait_until(
-            lambda: der_thumbprint(current_paths(config.identity)[0]) == second["sha256Thumbprint"],
-            what="the renewed pair to become current",
-        )
+        renewed_and_current(cloud, config, "dev-renew", clock)
+        issued = cloud.client.issued_certificates(registration_id="dev-renew")
+        assert {c["issuedVia"] for c in issued} == {"dps"}
         _, key = current_paths(config.identity)
         assert key.read_bytes() != old_key and key.stat().st_mode & 0o777 == 0o600
         assert not config.identity.operational_cert.exists()  # the old pair is gone
@@ -208,21 +221,9 @@ def test_renewal_through_the_hubs_credentials_endpoint(tmp_path: Path, cloud: Cl
     with AgentThread(config, clock=clock) as agent:
         agent.wait_state(State.CONNECTED, timeout_s=30)
         attempts = cloud.client.registration_attempts("dev-hubrenew")
-        clock.offset_s = 0.86 * LIFETIME_S
-        wait_until(
-            lambda: len(cloud.client.issued_certificates(registration_id="dev-hubrenew")) == 2,
-            timeout_s=30,
-            what="a certificate from the hub",
-        )
-        clock.offset_s = 0.0
-        second = cloud.client.issued_certificates(registration_id="dev-hubrenew")[-1]
-        assert second["issuedVia"] == "hub"
-        wait_until(
-            lambda: der_thumbprint(current_paths(config.identity)[0]) == second["sha256Thumbprint"],
-            timeout_s=30,
-            what="the renewed pair to become current",
-        )
-        assert connected_with(cloud, "dev-hubrenew") == second["sha256Thumbprint"]
+        renewed_and_current(cloud, config, "dev-hubrenew", clock)
+        issued = cloud.client.issued_certificates(registration_id="dev-hubrenew")
+        assert [c["issuedVia"] for c in issued][:2] == ["dps", "hub"]
         assert cloud.client.registration_attempts("dev-hubrenew") == attempts  # no DPS
         since = cloud.client.last_sequence_number()
         cloud.client.wait_for_telemetry(
