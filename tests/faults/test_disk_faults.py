@@ -57,7 +57,9 @@ def full_state_dir(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(mountpoint)], check=False, timeout=30)
 
 
-def config_for(cloud: Cloud, tmp_path: Path, state_dir: Path, name: str) -> AgentConfig:
+def config_for(
+    cloud: Cloud, tmp_path: Path, state_dir: Path, name: str, *, buffer: str = "memory"
+) -> AgentConfig:
     device = issue_device(cloud, name)
     return write_config(
         tmp_path / f"{name}.toml",
@@ -65,20 +67,28 @@ def config_for(cloud: Cloud, tmp_path: Path, state_dir: Path, name: str) -> Agen
         device,
         state_dir=state_dir,
         lifecycle={"reprovision_budget": BUDGET},
+        buffer=buffer,
     )
 
 
+@pytest.mark.parametrize("buffer", ["memory", "sqlite"])
 def test_a_full_state_disk_is_reported_and_telemetry_still_flows(
-    cloud: Cloud, tmp_path: Path, full_state_dir: Path, caplog: pytest.LogCaptureFixture
+    cloud: Cloud,
+    tmp_path: Path,
+    full_state_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    buffer: str,
 ) -> None:
     caplog.set_level(logging.WARNING)
     fill(full_state_dir)
-    config = config_for(cloud, tmp_path, full_state_dir, "dev-fulldisk")
+    config = config_for(cloud, tmp_path, full_state_dir, "dev-fulldisk", buffer=buffer)
     with AgentThread(config) as agent:
         agent.wait_state(State.CONNECTED, timeout_s=20)
         cloud.client.wait_for_telemetry(device_id="dev-fulldisk", count=3, timeout_s=10)
         assert agent.stop() == 0
     assert "No space left on device" in caplog.text or "ENOSPC" in caplog.text, caplog.text
+    if buffer == "sqlite":  # the durable buffer says so too, and sampling went on
+        assert "telemetry buffer" in caplog.text, caplog.text
     leftovers = [p.name for p in full_state_dir.iterdir() if p.name != "filler"]
     assert all(not name.startswith(".") for name in leftovers), leftovers  # no temp files
 
