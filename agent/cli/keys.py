@@ -62,7 +62,7 @@ def _create(args: argparse.Namespace, config: AgentConfig) -> int:
             file=sys.stderr,
         )
         return EX_USAGE
-    made = create_key(identity, replace=args.replace)
+    made = create_key(identity, replace=args.replace, state_dir=config.state.directory)
     where = "in the TPM, blob" if wanted == "tpm" else "file"
     if made:
         print(f"created a key {where} {identity.key_path}")

@@ -54,10 +54,19 @@ def needs_enrolment(config: IdentityConfig) -> bool:
     return config.registration_id is not None and not config.cert_chain_path.exists()
 
 
-def _adopt_owner(path: Path) -> None:
-    """As root, give ``path`` the owner and group of its directory (the service user's)."""
+def _adopt_owner(path: Path, state_dir: Path | None) -> None:
+    """As root, give ``path`` to the service account (the owner of ``state_dir``), else to
+    the owner and group of its directory. ``/etc/device-agent`` is root's (group
+    device-agent): a key made there by root must still be the service's to read."""
     if os.geteuid() != 0:
         return
+    if state_dir is not None:
+        from agent.store.service_user import service_account
+
+        account = service_account(state_dir)
+        if account is not None:
+            os.chown(path, account.uid, account.gid)
+            return
     parent = os.stat(path.parent)
     os.chown(path, parent.st_uid, parent.st_gid)
 
@@ -70,7 +79,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def _write_atomic(path: Path, data: bytes, mode: int, state_dir: Path | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -79,7 +88,7 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        _adopt_owner(Path(tmp))
+        _adopt_owner(Path(tmp), state_dir)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -88,8 +97,12 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def create_key(config: IdentityConfig, *, replace: bool = False) -> bool:
-    """Make the configured key if there is none (or ``replace``); True if one was made."""
+def create_key(
+    config: IdentityConfig, *, replace: bool = False, state_dir: Path | None = None
+) -> bool:
+    """Make the configured key if there is none (or ``replace``); True if one was made.
+
+    ``state_dir``: run as root, the new key becomes the service account's (its owner)."""
     path = config.key_path
     if path.exists() and not replace:
         return False
@@ -98,7 +111,7 @@ def create_key(config: IdentityConfig, *, replace: bool = False) -> bool:
         from agent.identity.tpm import create_tpm_key
 
         create_tpm_key(config, path)
-        _adopt_owner(path)
+        _adopt_owner(path, state_dir)
         return True
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -109,7 +122,7 @@ def create_key(config: IdentityConfig, *, replace: bool = False) -> bool:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomic(path, pem, 0o600)
+    _write_atomic(path, pem, 0o600, state_dir)
     return True
 
 
@@ -126,7 +139,7 @@ def write_csr_for(config: IdentityConfig, path: Path | None = None) -> Path:
     """Write the CSR for the configured key (CN = registration id); return its path."""
     target = path or config.csr_path
     write_csr(target, make_csr(config, _registration_id(config)))
-    _adopt_owner(target)
+    _adopt_owner(target, None)
     return target
 
 

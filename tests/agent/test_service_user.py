@@ -143,3 +143,22 @@ def test_a_file_root_makes_is_given_to_the_service_account_mode_first(tmp_path: 
     plain.write_bytes(b"public")
     assert give_to_service_user(plain, mode=0o644, state_dir=tmp_path) is None
     assert (plain.stat().st_uid, plain.stat().st_mode & 0o777) == (0, 0o644)
+
+
+def test_a_key_root_creates_in_a_root_folder_is_the_service_accounts(tmp_path: Path) -> None:
+    """``keys create`` as root in /etc/device-agent (root's, group device-agent): the
+    daemon, running as the state directory's owner, must be able to read the key."""
+    from agent.config import IdentityConfig
+    from agent.identity.enroll import create_key
+
+    state = owned_by_nobody(tmp_path / "state")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    identity = IdentityConfig(
+        cert_chain_path=etc / "device.pem", key_path=etc / "device.key", registration_id="d1"
+    )
+    assert create_key(identity, state_dir=state)
+    made = identity.key_path.stat()
+    assert (made.st_uid, made.st_gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
+    assert made.st_mode & 0o777 == 0o600
+    assert etc.stat().st_uid == 0  # the folder stays root's
