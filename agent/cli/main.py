@@ -374,6 +374,23 @@ def _import_identity(args: argparse.Namespace) -> int:
         print(f"left {path}: not an identity file the config names", file=sys.stderr)
     if not imported:
         print(f"{source}: no identity to import")
+    return _enrol_first_boot(config)
+
+
+def _enrol_first_boot(config: AgentConfig) -> int:
+    """No certificate yet: make the key and write the CSR here, as root, before the
+    service starts (the hardened service may write neither /etc/device-agent nor the
+    boot partition). A TPM key is left to the service, which has the TPM device."""
+    from agent.identity.enroll import first_boot, needs_enrolment
+
+    if config.identity.keystore != "file" or not needs_enrolment(config.identity):
+        return EX_OK
+    try:
+        pending = first_boot(config.identity, state_dir=config.state.directory)
+    except (AgentError, OSError) as exc:
+        print(f"device-agent: first boot: cannot make the key and CSR: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    print(pending.message)
     return EX_OK
 
 

@@ -143,10 +143,17 @@ def write_csr_for(config: IdentityConfig, path: Path | None = None) -> Path:
     return target
 
 
-def first_boot(config: IdentityConfig) -> IdentityPendingError:
-    """Key (made if missing) and CSR for a device without a certificate; the wait's reason."""
-    created = create_key(config)
-    csr = write_csr_for(config)
+def first_boot(config: IdentityConfig, *, state_dir: Path | None = None) -> IdentityPendingError:
+    """Key (made if missing) and CSR for a device without a certificate; the wait's reason.
+
+    A CSR already written for the existing key (by ``import-identity``, which runs as
+    root before the service: the service itself may not write the boot partition) is
+    kept. ``state_dir``: as in :func:`create_key`.
+    """
+    created = create_key(config, state_dir=state_dir)
+    csr = config.csr_path
+    if created or not csr.exists():
+        csr = write_csr_for(config)
     where = "in the TPM" if config.keystore == "tpm" else f"at {config.key_path}"
     return IdentityPendingError(
         f"no certificate yet: CSR for {config.registration_id!r} written to {csr} "

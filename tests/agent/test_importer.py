@@ -105,3 +105,30 @@ def test_the_command_reports_what_it_moved(tmp_path: Path) -> None:
     again = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
     assert again.returncode == 0
     assert f"{config.import_dir}: no identity to import" in again.stdout
+
+
+def test_without_a_certificate_the_command_makes_the_key_and_the_csr(tmp_path: Path) -> None:
+    """At first boot the root import service makes what the hardened service may not
+    write: the key (in /etc/device-agent) and the CSR (on the boot partition)."""
+    config, state = layout(tmp_path)
+    csr = config.import_dir / "device-agent.csr"
+    toml = tmp_path / "agent.toml"
+    toml.write_text(
+        f'[identity]\ncert_chain_path = "{config.cert_chain_path}"\n'
+        f'key_path = "{config.key_path}"\nimport_dir = "{config.import_dir}"\n'
+        f'registration_id = "clone-7"\ncsr_path = "{csr}"\n'
+        f'[dps]\nid_scope = "0ne00000DEV"\n[state]\ndirectory = "{state}"\n'
+        '[hal]\nbackend = "mock"\n'
+    )
+    args = [sys.executable, "-m", "agent", "--config", str(toml), "import-identity"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert first.returncode == 0, first.stderr
+    assert f"CSR for 'clone-7' written to {csr}" in first.stdout
+    assert config.key_path.stat().st_mode & 0o777 == 0o600
+    request = csr.read_bytes()
+    assert request.startswith(b"-----BEGIN CERTIFICATE REQUEST-----")
+    key_before = config.key_path.read_bytes()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 0, again.stderr
+    # the same key and CSR: a reboot before the certificate arrives changes nothing
+    assert (config.key_path.read_bytes(), csr.read_bytes()) == (key_before, request)
