@@ -41,7 +41,8 @@ def describe(value: object, limit: int = CLIP_CHARS) -> str:
     if isinstance(value, str) and len(value) > limit:
         return f"a string of {len(value)} chars starting {clip(value[:40], 40)!r}"
     if isinstance(value, (list, dict)) and len(value) > 20:
-        return f"a {'list' if isinstance(value, list) else 'object'} of {len(value)} items"
+        kind = "a list" if isinstance(value, list) else "an object"
+        return f"{kind} of {len(value)} items"
     return clip(_safe_repr(value), limit)
 
 
