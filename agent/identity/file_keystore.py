@@ -100,43 +100,8 @@ class FileKeystore:
                 path=cfg.key_path,
                 fix="point identity.key_path and identity.cert_chain_path at a matching pair",
             )
-        not_before, not_after = _validity(leaf)
-        warnings = list(_check_validity(cfg.cert_chain_path, not_before, not_after, now))
-        if cfg.trust_anchor_paths:
-            anchors = [
-                cert
-                for path in cfg.trust_anchor_paths
-                for cert in _read_certificates(path, what="trust anchor")
-            ]
-            _check_chain(cfg.cert_chain_path, chain, anchors, now)
-        warnings.extend(_eku_warnings(leaf))
-        common_name = _common_name(leaf)
-        registration_id = cfg.registration_id or common_name
-        if not registration_id or not REGISTRATION_ID_RE.match(registration_id):
-            raise CertificateInvalidError(
-                f"the certificate's CN {common_name!r} is not a usable registration id",
-                path=cfg.cert_chain_path,
-                fix=f"set identity.registration_id in {self._config_path}",
-            )
-        if registration_id != common_name:
-            warnings.append(
-                f"{cfg.cert_chain_path}: the certificate's CN {clip(common_name, 64)!r} is not "
-                f"the registration id {registration_id!r}; with X.509 attestation DPS and the "
-                "hub identify the device by its CN, so expect DPS 401 / CONNACK 5 unless the "
-                "enrollment says otherwise"
-            )
-        for warning in warnings:
-            log.warning("%s", warning)
-        return Identity(
-            registration_id=registration_id,
-            common_name=common_name,
-            cert_chain_path=cfg.cert_chain_path,
-            key_path=cfg.key_path,
-            key_passphrase=passphrase,
-            thumbprint=thumbprint(leaf),
-            not_before=not_before,
-            not_after=not_after,
-            warnings=tuple(warnings),
+        return checked_identity(
+            cfg, chain, now=now, config_path=self._config_path, key_passphrase=passphrase
         )
 
     def _read_key(self, path: Path, passphrase: bytes | None) -> PrivateKeyTypes:
@@ -169,6 +134,59 @@ class FileKeystore:
 
 
 # --- checks -------------------------------------------------------------------------------
+
+
+def checked_identity(
+    cfg: IdentityConfig,
+    chain: list[x509.Certificate],
+    *,
+    now: datetime,
+    config_path: Path,
+    key_passphrase: bytes | None = None,
+) -> Identity:
+    """The checks every keystore makes of its chain, whatever holds the key: validity,
+    the chain to the trust anchors, clientAuth, a usable registration id (and a warning
+    when it is not the certificate's CN); each warning is logged. The key itself is the
+    caller's to check against the leaf."""
+    leaf = chain[0]
+    not_before, not_after = _validity(leaf)
+    warnings = list(_check_validity(cfg.cert_chain_path, not_before, not_after, now))
+    if cfg.trust_anchor_paths:
+        anchors = [
+            cert
+            for path in cfg.trust_anchor_paths
+            for cert in _read_certificates(path, what="trust anchor")
+        ]
+        _check_chain(cfg.cert_chain_path, chain, anchors, now)
+    warnings.extend(_eku_warnings(leaf))
+    common_name = _common_name(leaf)
+    registration_id = cfg.registration_id or common_name
+    if not registration_id or not REGISTRATION_ID_RE.match(registration_id):
+        raise CertificateInvalidError(
+            f"the certificate's CN {common_name!r} is not a usable registration id",
+            path=cfg.cert_chain_path,
+            fix=f"set identity.registration_id in {config_path}",
+        )
+    if registration_id != common_name:
+        warnings.append(
+            f"{cfg.cert_chain_path}: the certificate's CN {clip(common_name, 64)!r} is not "
+            f"the registration id {registration_id!r}; with X.509 attestation DPS and the "
+            "hub identify the device by its CN, so expect DPS 401 / CONNACK 5 unless the "
+            "enrollment says otherwise"
+        )
+    for warning in warnings:
+        log.warning("%s", warning)
+    return Identity(
+        registration_id=registration_id,
+        common_name=common_name,
+        cert_chain_path=cfg.cert_chain_path,
+        key_path=cfg.key_path,
+        key_passphrase=key_passphrase,
+        thumbprint=thumbprint(leaf),
+        not_before=not_before,
+        not_after=not_after,
+        warnings=tuple(warnings),
+    )
 
 
 def _check_private(path: Path) -> None:

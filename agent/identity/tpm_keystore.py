@@ -22,28 +22,17 @@ re-executes itself with them, :mod:`agent.cli.main`).
 
 from __future__ import annotations
 
-import logging
 import os
 from datetime import datetime
 from pathlib import Path
 
-from agent.config import REGISTRATION_ID_RE, IdentityConfig
-from agent.errors import CertificateInvalidError, KeystoreError
-from agent.identity.file_keystore import (
-    _check_chain,
-    _check_validity,
-    _common_name,
-    _eku_warnings,
-    _read_certificates,
-    _validity,
-    thumbprint,
-)
+from agent.config import IdentityConfig
+from agent.errors import KeystoreError
+from agent.identity.file_keystore import _read_certificates, checked_identity
 from agent.identity.keystore import Identity
 from agent.identity.tpm import is_tss2_blob, probe_key
 
 __all__ = ["TpmKeystore"]
-
-log = logging.getLogger(__name__)
 
 
 class TpmKeystore:
@@ -69,36 +58,6 @@ class TpmKeystore:
                 fix="device-agent keys create --tpm, or keystore = 'file' for a software key",
             )
         chain = _read_certificates(cfg.cert_chain_path, what="certificate chain")
-        leaf = chain[0]
-        not_before, not_after = _validity(leaf)
-        warnings = list(_check_validity(cfg.cert_chain_path, not_before, not_after, now))
-        if cfg.trust_anchor_paths:
-            anchors = [
-                cert
-                for path in cfg.trust_anchor_paths
-                for cert in _read_certificates(path, what="trust anchor")
-            ]
-            _check_chain(cfg.cert_chain_path, chain, anchors, now)
-        warnings.extend(_eku_warnings(leaf))
-        common_name = _common_name(leaf)
-        registration_id = cfg.registration_id or common_name
-        if not registration_id or not REGISTRATION_ID_RE.match(registration_id):
-            raise CertificateInvalidError(
-                f"the certificate's CN {common_name!r} is not a usable registration id",
-                path=cfg.cert_chain_path,
-                fix=f"set identity.registration_id in {self._config_path}",
-            )
+        identity = checked_identity(cfg, chain, now=now, config_path=self._config_path)
         probe_key(cfg, cfg.cert_chain_path)
-        for warning in warnings:
-            log.warning("%s", warning)
-        return Identity(
-            registration_id=registration_id,
-            common_name=common_name,
-            cert_chain_path=cfg.cert_chain_path,
-            key_path=cfg.key_path,
-            key_passphrase=None,
-            thumbprint=thumbprint(leaf),
-            not_before=not_before,
-            not_after=not_after,
-            warnings=tuple(warnings),
-        )
+        return identity

@@ -313,3 +313,21 @@ def test_renewal_with_tpm_keys_makes_a_new_blob_and_switches_to_it(
     assert proc.poll() is None
     proc.terminate()
     assert proc.wait(15) == 0
+
+
+def test_a_cn_that_is_not_the_registration_id_is_reported_for_a_tpm_key_too(
+    tmp_path: Path, cloud: Cloud, swtpm: SwTpm, tpm2_provider: Provider
+) -> None:
+    """The TPM keystore makes the file keystore's certificate checks (one function)."""
+    config = tpm_config(tmp_path, cloud, swtpm, tpm2_provider, "tpm-cn")
+    agent(config, "keys", "create", "--tpm")
+    agent(config, "keys", "csr")
+    sign(cloud, config.identity.csr_path.read_bytes(), config.identity.cert_chain_path)
+    renamed = config.source.read_text().replace(
+        'registration_id = "tpm-cn"', 'registration_id = "tpm-other"'
+    )
+    config.source.write_text(renamed)
+    checked = agent(config, "check", "--offline", "--no-sensors", "--json", check=False)
+    assert "the certificate's CN 'tpm-cn' is not the registration id 'tpm-other'" in (
+        checked.stdout + checked.stderr
+    ), checked.stdout
