@@ -68,10 +68,30 @@ def agent(cloud: Cloud, tmp_path: Path) -> Iterator[AgentThread]:
         assert running.stop() == 0
 
 
+def settle_reprovision(agent: AgentThread) -> None:
+    """A reprovision takes effect after its reply has gone out (at most EFFECT_WAIT_S
+    later): wait until it has, so that the agent is not caught leaving the hub later."""
+
+    def taken() -> bool:
+        session = agent.daemon.actions.session
+        return session is None or not session.has_pending_effects
+
+    wait_until(taken, timeout_s=10, what="the reprovision to take effect")
+
+
 def still_well(cloud: Cloud, agent: AgentThread) -> None:
-    """Connected, answering, sampling, with a valid interval in force."""
-    assert agent.state is State.CONNECTED
-    status, payload = cloud.client.invoke_method(DEVICE, "getStatus", None, timeout_s=10)
+    """Connected (again, after a reprovision the fuzzing asked for), answering, sampling,
+    with a valid interval in force."""
+    answer: tuple[int, Any] | None = None
+    for _ in range(2):
+        agent.wait_state(State.CONNECTED, timeout_s=20)
+        try:
+            answer = cloud.client.invoke_method(DEVICE, "getStatus", None, timeout_s=10)
+            break
+        except DeviceNotOnlineError:
+            wait_methods_online(cloud, DEVICE, timeout_s=20)
+    assert answer is not None, "the device never came back online"
+    status, payload = answer
     assert status == 200 and payload["state"] == "CONNECTED"
     seconds = agent.daemon.settings.telemetry_interval_s
     assert math.isfinite(seconds) and twin.MIN_INTERVAL_S <= seconds <= twin.MAX_INTERVAL_S
@@ -106,6 +126,8 @@ def test_direct_methods_from_devcloud_are_answered_and_never_crash_the_agent(
         answers.append(status)
         assert status < 500 or name not in ("getStatus", "setTelemetryInterval"), (name, body)
         assert agent.state in (State.CONNECTED, State.PROVISIONING, State.CONNECTING)
+        if name == "reprovision":
+            settle_reprovision(agent)
         if agent.state is not State.CONNECTED:  # a reprovision was asked for: let it finish
             agent.wait_state(State.CONNECTED, timeout_s=20)
             wait_methods_online(cloud, DEVICE)
