@@ -96,10 +96,10 @@ from dataclasses import dataclass, field
 
 from agent.config import LifecycleConfig
 from agent.core.actions import CancelTimer, StartTimer
+from agent.core.assignment import Assignment
 from agent.core.backoff import Backoff, BackoffPolicy
 from agent.core.budget import ReprovisionBudget
 from agent.core.clock import Clock, utc_iso
-from agent.core.provisioning import Assignment
 from agent.errors import AgentError, likely_causes
 
 TIMER = "lifecycle"

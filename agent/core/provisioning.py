@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from agent.core import wire
 from agent.core.actions import CancelTimer, Publish, StartTimer, Subscribe
+from agent.core.assignment import Assignment, hub_allowed
 from agent.core.backoff import Backoff, BackoffPolicy
 from agent.core.text import clip
 from agent.errors import (
@@ -54,19 +55,6 @@ REJECTION_STATUSES = frozenset({401, 403, 404})
 NO_RESPONSE_STATUS = 408
 #: The shortest ``retry-after`` honoured while DPS is assigning (see ``_on_message``).
 MIN_POLL_S = 1.0
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """Where DPS put the device."""
-
-    assigned_hub: str
-    device_id: str
-    #: When DPS made the assignment (its ``lastUpdatedDateTimeUtc``), ISO 8601 UTC.
-    provisioned_at: str
-    substatus: str | None = None
-    #: The custom-allocation payload DPS returned, if any.
-    payload: object = None
 
 
 # --- events in --------------------------------------------------------------------------
@@ -372,15 +360,3 @@ class Registration:
         detail = clip((state.error_message if state else None) or response.message or "", 400)
         error = ProvisioningError(200, f"registration {status}: {detail}".rstrip(": "))
         return self._fail(error, rejected=status in ("failed", "disabled"))
-
-
-def hub_allowed(hostname: str, suffixes: Sequence[str]) -> bool:
-    """Whether ``hostname`` ends in one of ``suffixes`` (``.suffix``) or equals one."""
-    host = hostname.lower().rstrip(".")
-    for suffix in (entry.lower() for entry in suffixes):
-        if suffix.startswith("."):
-            if host.endswith(suffix) and len(host) > len(suffix):
-                return True
-        elif host == suffix:
-            return True
-    return False

@@ -72,7 +72,8 @@ from datetime import UTC, datetime
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.core import lifecycle, provisioning
+from agent.core import lifecycle
+from agent.core.assignment import Assignment, hub_allowed
 from agent.core.clock import Clock, SystemClock, clock_unset, utc_iso
 from agent.core.credentials import TIMER as HUB_RENEWAL_TIMER
 from agent.core.telemetry import (
@@ -357,7 +358,7 @@ class Daemon:
         )
         cached = store.load()
         hub = cached.assignment.assigned_hub if cached else ""
-        if cached is not None and not provisioning.hub_allowed(hub, cfg.dps.allowed_hub_suffixes):
+        if cached is not None and not hub_allowed(hub, cfg.dps.allowed_hub_suffixes):
             store.discard_reason = (
                 f"cached hub {clip(hub, 100)!r} is not in [dps] allowed_hub_suffixes; "
                 "provisioning again"
@@ -478,7 +479,9 @@ class Daemon:
         if name == lifecycle.TIMER:
             actions.feed(lifecycle.TimerFired())
         elif name.startswith("dps.") and actions.registration is not None:
-            actions.dps_actions(actions.registration.handle(provisioning.DpsTimerFired(name)))
+            from agent.core.provisioning import DpsTimerFired  # loaded with the registration
+
+            actions.dps_actions(actions.registration.handle(DpsTimerFired(name)))
         elif name == SAMPLE_TIMER:
             # Re-arm first, so the time sampling takes does not stretch the interval.
             self.timers.start(SAMPLE_TIMER, self.settings.telemetry_interval_s)
@@ -654,9 +657,7 @@ def run(
             signal.signal(sig, signal.SIG_IGN if ignore_signals_after else handler)
 
 
-def provision_once(
-    config: AgentConfig, *, timeout_s: float | None = None
-) -> provisioning.Assignment:
+def provision_once(config: AgentConfig, *, timeout_s: float | None = None) -> Assignment:
     """Register with DPS once, persist the assignment and return it (``device-agent provision``).
 
     Raises the attempt's error (:class:`~agent.errors.ProvisioningError`,
@@ -664,6 +665,7 @@ def provision_once(
     :class:`~agent.errors.BudgetExhaustedError` if the budget is spent. The daemon's own
     loop runs the registration, without a lifecycle.
     """
+    from agent.core.provisioning import Failed
     from agent.errors import BudgetExhaustedError
     from agent.identity.keystore import (
         open_keystore,  # a one-shot command: cryptography is fine here
@@ -697,7 +699,7 @@ def provision_once(
         outcome = registration.outcome
         if outcome is None:
             raise TransportError(f"DPS registration did not finish within {limit:g} s")
-        if isinstance(outcome, provisioning.Failed):
+        if isinstance(outcome, Failed):
             raise outcome.error
         store.ensure_directory()
         store.save(outcome.assignment, reason="device-agent provision")

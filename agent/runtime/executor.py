@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.core import lifecycle, provisioning, wire
+from agent.core import lifecycle, wire
 from agent.core.actions import CancelTimer, Publish, StartTimer, Subscribe
 from agent.core.clock import Clock, utc_iso
 from agent.core.credentials import (
@@ -62,6 +62,8 @@ from agent.runtime.sdnotify import Notifier
 from agent.store.state import StateStore
 
 if TYPE_CHECKING:
+    from agent.core import provisioning
+    from agent.core.assignment import Assignment
     from agent.runtime.endpoint import TransportEvent
     from agent.runtime.transport import MqttTransport
 
@@ -245,6 +247,8 @@ class Executor:
         registration = self.registration
         if registration is None:
             return
+        from agent.core import provisioning  # loaded with the registration (cold boots only)
+
         dps_event: provisioning.DpsEvent | None
         match event:
             case ev.Connected():
@@ -389,6 +393,8 @@ class Executor:
 
     def connect_dps(self) -> None:
         """Open a DPS connection and start a registration on it."""
+        from agent.core import provisioning  # first use on a cold boot or a reprovision
+
         cfg, ident = self.config, self.identity
         assert ident is not None
         websockets = cfg.dps.transport == "websockets"
@@ -581,6 +587,8 @@ class Executor:
 
     def dps_actions(self, actions: Sequence[provisioning.DpsAction]) -> None:
         """Carry out what the DPS registration answered."""
+        from agent.core import provisioning
+
         for action in actions:
             match action:
                 case Subscribe() | Publish():
@@ -610,7 +618,7 @@ class Executor:
 
     # -- hub -------------------------------------------------------------------------------
 
-    def _connect_hub(self, assignment: provisioning.Assignment) -> None:
+    def _connect_hub(self, assignment: Assignment) -> None:
         cfg = self.config
         websockets = cfg.hub.transport == "websockets"
         endpoint = MqttEndpoint(

@@ -42,9 +42,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.core.assignment import Assignment
 from agent.core.budget import ReprovisionBudget
 from agent.core.clock import Clock, utc_iso
-from agent.core.provisioning import Assignment
 from agent.errors import StateError
 from agent.store.files import (
     BUDGET_FILE,

@@ -2,7 +2,8 @@
 
 The codec is split by protocol: :mod:`~agent.core.wire.codec` (what every topic
 shares), :mod:`~agent.core.wire.dps` and :mod:`~agent.core.wire.hub`; every public
-name is re-exported here, so callers write ``wire.format_twin_get(...)``.
+name is re-exported here, so callers write ``wire.format_twin_get(...)``. The DPS names
+are imported on first use, so a boot that never talks to DPS never loads that codec.
 
 Theory of operation
 -------------------
@@ -31,6 +32,8 @@ Topic shapes (see the wire facts in DESIGN.md)::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from agent.core.wire.codec import (
     DPS_API_VERSION,
     DPS_RESPONSE_FILTER,
@@ -44,15 +47,6 @@ from agent.core.wire.codec import (
     encode_json,
     hub_username,
     is_finite_number,
-)
-from agent.core.wire.dps import (
-    ISSUANCE_API_VERSION,
-    DpsResponse,
-    RegistrationState,
-    format_dps_poll,
-    format_dps_register,
-    format_dps_response,
-    parse_dps_response,
 )
 from agent.core.wire.hub import (
     DesiredPatch,
@@ -80,6 +74,30 @@ from agent.core.wire.hub import (
     parse_telemetry,
     parse_twin_document,
     parse_twin_response,
+)
+
+if TYPE_CHECKING:
+    from agent.core.wire.dps import (
+        ISSUANCE_API_VERSION,
+        DpsResponse,
+        RegistrationState,
+        format_dps_poll,
+        format_dps_register,
+        format_dps_response,
+        parse_dps_response,
+    )
+
+#: Loaded on first use (:func:`__getattr__`): a warm boot speaks only to the hub.
+_DPS_NAMES = frozenset(
+    {
+        "ISSUANCE_API_VERSION",
+        "DpsResponse",
+        "RegistrationState",
+        "format_dps_poll",
+        "format_dps_register",
+        "format_dps_response",
+        "parse_dps_response",
+    }
 )
 
 __all__ = [
@@ -128,3 +146,12 @@ __all__ = [
     "parse_twin_document",
     "parse_twin_response",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The DPS codec's names, imported when first asked for (PEP 562)."""
+    if name in _DPS_NAMES:
+        from agent.core.wire import dps
+
+        return getattr(dps, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
