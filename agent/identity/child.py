@@ -5,21 +5,42 @@ Theory of operation
 The checks that produce an :class:`~agent.identity.keystore.Identity` (key matches
 certificate, validity, chain to the trust anchors, file modes) need ``cryptography``,
 which costs about 8 MiB of RSS for the life of the process. The long-running daemon
-therefore calls :func:`load_in_child`: it runs ``python -m agent.identity.child`` as a
-short-lived child, sends it the ``[identity]`` config and the time to check against as
-JSON on stdin, and reads back either the identity or the error (class name, message,
-file, fix), rebuilt here as the same :class:`~agent.errors.KeystoreError` leaf the
-keystore raised. The child exits, so its memory goes with it; nothing in the daemon
-imports ``cryptography``.
+therefore calls :func:`load_in_child`, which runs them in a short-lived child and reads
+back either the identity or the error (class name, message, file, fix) as JSON, rebuilt
+here as the same :class:`~agent.errors.KeystoreError` leaf the keystore raised. The
+child exits, so its memory goes with it; nothing in the daemon imports ``cryptography``.
+
+Two ways to make the child, the same answer:
+
+* **fork** (the default when the calling process has one thread, as the daemon does):
+  ``os.fork()``; the child already holds everything the parent imported, so it imports
+  only the keystore and ``cryptography`` instead of starting an interpreter and the
+  agent again (on a cold boot that was most of the check's time). The child runs the
+  check and nothing else: it resets the daemon's signal handlers, silences logging and
+  warnings (the parent's handlers, journal socket and files are never written), stops
+  the garbage collector (so no finaliser of a parent object -- a socket, the SQLite
+  buffer -- runs in it), writes its answer to a pipe and leaves with ``os._exit``
+  (no atexit, no flushing of inherited buffers, no close of inherited connections).
+  The TPM keystore runs its own ``openssl`` subprocess from there, as before.
+* **spawn** (when other threads run: a fork would copy locks they may hold):
+  ``python -m agent.identity.child``, the request as JSON on stdin.
+
+Either way a child that does not answer within ``timeout_s`` is killed and reported as
+:class:`~agent.errors.KeystoreCheckTimeoutError`, a wait (IDENTITY_WAIT), not a verdict.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -198,14 +219,49 @@ def load_in_child(
     config_path: Path,
     now: datetime,
     timeout_s: float = CHILD_TIMEOUT_S,
+    fork: bool | None = None,
 ) -> Identity:
-    """Run the keystore's checks in ``python -m agent.identity.child``; return the identity.
+    """Run the keystore's checks in a child process; return the identity.
 
-    Raises the :class:`~agent.errors.KeystoreError` leaf the keystore raised,
-    :class:`~agent.errors.KeystoreCheckTimeoutError` (a wait, not a verdict) if it did not
-    answer within ``timeout_s``, or a plain :class:`KeystoreError` if the child could not
-    run or answered nonsense.
+    ``fork``: make the child with ``os.fork()`` (True), as ``python -m
+    agent.identity.child`` (False), or fork when this process has a single thread
+    (None, the default). Raises the :class:`~agent.errors.KeystoreError` leaf the
+    keystore raised, :class:`~agent.errors.KeystoreCheckTimeoutError` (a wait, not a
+    verdict) if it did not answer within ``timeout_s``, or a plain
+    :class:`KeystoreError` if the child could not run or answered nonsense.
     """
+    if fork is None:
+        fork = hasattr(os, "fork") and threading.active_count() == 1
+    if fork:
+        raw, code, detail = _run_forked(config, config_path, now, timeout_s)
+    else:
+        raw, code, detail = _run_spawned(config, config_path, now, timeout_s)
+    try:
+        answer = json.loads(raw.decode("utf-8"))
+        if not isinstance(answer, dict):
+            raise ValueError("not an object")
+        if "error" in answer:
+            error = error_from_json(answer["error"])
+        elif "crash" in answer:
+            raise ValueError(str(answer["crash"]))
+        else:
+            return identity_from_json(answer["identity"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise KeystoreError(f"the keystore check failed (exit {code}): {detail or exc}") from exc
+    raise error
+
+
+def _timed_out(timeout_s: float) -> KeystoreCheckTimeoutError:
+    return KeystoreCheckTimeoutError(
+        f"the keystore check did not finish within {timeout_s:g} s (machine overloaded?);"
+        " checking again later"
+    )
+
+
+def _run_spawned(
+    config: IdentityConfig, config_path: Path, now: datetime, timeout_s: float
+) -> tuple[bytes, int, str]:
+    """``python -m agent.identity.child``: its stdout, exit code and last stderr line."""
     request = json.dumps(
         {
             "identity": config_to_json(config),
@@ -223,26 +279,89 @@ def load_in_child(
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         )
     except subprocess.TimeoutExpired as exc:
-        raise KeystoreCheckTimeoutError(
-            f"the keystore check did not finish within {timeout_s:g} s (machine overloaded?);"
-            " checking again later"
-        ) from exc
+        raise _timed_out(timeout_s) from exc
     except (OSError, subprocess.SubprocessError) as exc:
         raise KeystoreError(f"could not run the keystore check: {exc}") from exc
+    tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+    return done.stdout, done.returncode, " ".join(tail)
+
+
+def _run_forked(
+    config: IdentityConfig, config_path: Path, now: datetime, timeout_s: float
+) -> tuple[bytes, int, str]:
+    """A forked child runs the check; its answer (from a pipe) and exit code."""
+    read_fd, write_fd = os.pipe()
     try:
-        answer = json.loads(done.stdout.decode("utf-8"))
-        if not isinstance(answer, dict):
-            raise ValueError("not an object")
-        if "error" in answer:
-            error = error_from_json(answer["error"])
-        else:
-            return identity_from_json(answer["identity"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-        raise KeystoreError(
-            f"the keystore check failed (exit {done.returncode}): {' '.join(tail) or exc}"
-        ) from exc
-    raise error
+        pid = os.fork()
+    except OSError as exc:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise KeystoreError(f"could not run the keystore check: {exc}") from exc
+    if pid == 0:  # the child: never returns
+        os.close(read_fd)
+        _forked_child(write_fd, config, config_path, now)
+    os.close(write_fd)
+    try:
+        raw = _read_until_eof(read_fd, time.monotonic() + timeout_s)
+    except TimeoutError as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise _timed_out(timeout_s) from exc
+    finally:
+        os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    return raw, os.waitstatus_to_exitcode(status), ""
+
+
+def _read_until_eof(fd: int, deadline: float) -> bytes:
+    """Everything written to the pipe ``fd`` until its writer closes it (or the deadline)."""
+    chunks: list[bytes] = []
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not poller.poll(remaining * 1000):
+            raise TimeoutError
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _forked_child(fd: int, config: IdentityConfig, config_path: Path, now: datetime) -> None:
+    """In the forked child: run the check, write the answer to ``fd``, ``os._exit``."""
+    code = 70  # EX_SOFTWARE unless the answer got written
+    try:
+        import gc
+        import logging
+        import warnings
+
+        gc.disable()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_DFL)
+        logging.disable(logging.CRITICAL)
+        warnings.simplefilter("ignore")
+        try:
+            answer = _answer(config, config_path, now)
+        except Exception as exc:  # a bug or an unexpected library error: say which
+            answer = {"crash": f"{type(exc).__name__}: {exc}"}
+        data = json.dumps(answer).encode("utf-8")
+        while data:
+            data = data[os.write(fd, data) :]
+        code = 0 if "crash" not in answer else 70
+    finally:
+        os._exit(code)
+
+
+def _answer(config: IdentityConfig, config_path: Path, now: datetime) -> dict[str, object]:
+    """One check: the identity, or the keystore's error, as JSON-compatible data."""
+    try:
+        identity = open_keystore(config, config_path=config_path).load(now=now)
+    except KeystoreError as exc:
+        return {"error": error_to_json(exc)}
+    return {"identity": identity_to_json(identity)}
 
 
 def _child_main() -> int:
@@ -255,13 +374,7 @@ def _child_main() -> int:
     except (ValueError, KeyError, TypeError) as exc:
         print(f"agent.identity.child: bad request: {exc}", file=sys.stderr)
         return 64
-    try:
-        identity = open_keystore(config, config_path=config_path).load(now=now)
-    except KeystoreError as exc:
-        answer: dict[str, object] = {"error": error_to_json(exc)}
-    else:
-        answer = {"identity": identity_to_json(identity)}
-    sys.stdout.write(json.dumps(answer))
+    sys.stdout.write(json.dumps(_answer(config, config_path, now)))
     return 0
 
 
