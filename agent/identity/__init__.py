@@ -4,7 +4,7 @@ What lives here: the :class:`~agent.identity.keystore.Keystore` interface and th
 :class:`~agent.identity.keystore.Identity` it yields (:mod:`~agent.identity.keystore`),
 the file keystore and its checks (:mod:`~agent.identity.file_keystore`, the only
 importer of ``cryptography`` in the agent), the child-process loader
-(:mod:`~agent.identity.child`, run as ``python -m agent.identity.child``) and the
+(:mod:`~agent.identity.child`: a forked child, or ``python -m agent.identity.child``) and the
 warm-boot identity cache (:mod:`~agent.identity.cache`).
 
 May import: :mod:`agent.core`, :mod:`agent.store` (the cache is a file in the state

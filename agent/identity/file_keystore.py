@@ -19,7 +19,7 @@ Under 30 days of validity left is a warning carried in
 registration id is the leaf's CN unless configured.
 
 This module imports ``cryptography``: the long-running daemon never imports it, it runs
-the checks in ``python -m agent.identity.child`` (:func:`agent.identity.child.load_in_child`).
+the checks in a short-lived child (:func:`agent.identity.child.load_in_child`).
 """
 
 from __future__ import annotations
