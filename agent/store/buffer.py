@@ -20,6 +20,19 @@ sequence number inside) unchanged; :attr:`next_sequence` continues after the hig
 sequence ever committed (table ``meta``, key ``high_water``), so numbering goes on
 across restarts, and a test can tell, after a kill, which sequences had been committed.
 
+Opened only when needed: ``sqlite3`` (about 2.5 MiB of RSS with its library) is not
+imported while there is nothing to read or write. A clean :meth:`close` that leaves
+the database empty writes ``telemetry.db.empty`` next to it (the ``high_water`` and
+the database file's inode, size and mtime); at the next start, a marker that still
+matches the file, with no ``-wal`` beside it, stands for the database (nothing to
+load, numbering continues after its ``high_water``), and so does a database that does
+not exist yet. The database is then opened (and the marker removed first) by the
+first flush that has something to write or delete. While it is not open, a periodic
+flush whose only new messages are all in flight and younger than
+:data:`IN_FLIGHT_GRACE_S` leaves them to their PUBACK (they are written by the next
+flush if it has not come), so a connected agent never opens it; :meth:`close` writes
+them whatever their age.
+
 Only metadata (id, sequence, time, size) stays in memory for committed messages;
 bodies are read back in :meth:`take`. The in-flight window is the publisher's
 (``max_in_flight``); :meth:`release_in_flight` after a disconnect.
@@ -38,16 +51,20 @@ import json
 import logging
 import math
 import os
-import sqlite3
 import stat
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.core.clock import Clock
 from agent.core.telemetry import TelemetryMessage
-from agent.store.files import set_aside
+from agent.errors import StateError
+from agent.store.files import atomic_write, read_json_object, set_aside
+
+if TYPE_CHECKING:
+    import sqlite3  # imported when the database is first opened
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +88,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 #: The messages table's columns, in order, as :data:`_SCHEMA` makes them.
 COLUMNS = ("message_id", "sequence", "sampled_at", "properties", "body")
 DROP_REASONS = ("count", "bytes", "age", "corrupt")
+#: Next to the database after a clean close that left it empty (see the theory above).
+EMPTY_MARKER_SUFFIX = ".empty"
+#: While the database is not open, messages in flight this young wait for their PUBACK.
+IN_FLIGHT_GRACE_S = 1.0
 
 
 @dataclass
@@ -114,9 +135,16 @@ class SqliteBuffer:
         #: Why the database is not in use right now (None when it is).
         self.problem: str | None = None
         self._read_failed = False
-        self._open()
+        self._marker = Path(f"{path}{EMPTY_MARKER_SUFFIX}")
+        if not self._nothing_to_load():
+            self._open()
 
     # -- the queue interface -----------------------------------------------------------------
+
+    @property
+    def database_open(self) -> bool:
+        """Whether the database is open now (``sqlite3`` loaded): see the theory above."""
+        return self._db is not None
 
     @property
     def dropped(self) -> int:
@@ -187,9 +215,16 @@ class SqliteBuffer:
 
         Returns True if the buffer is durable now (nothing left uncommitted). Never raises.
         """
+        return self._flush(final=False)
+
+    def _flush(self, *, final: bool) -> bool:
+        import sqlite3
+
         fresh = [(mid, e) for mid, e in self._entries.items() if e.message is not None]
         if not fresh and not self._to_delete:
             return True
+        if self._db is None and not final and self._awaiting_puback(fresh):
+            return False
         if self._db is None and not self._open():
             return False
         db = self._db
@@ -229,17 +264,79 @@ class SqliteBuffer:
         return True
 
     def close(self) -> None:
-        """Flush and close the database."""
-        self.flush()
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
+        """Flush and close the database (marked empty if it is: see the theory above)."""
+        import sqlite3
+
+        self._flush(final=True)
+        if self._db is None:
+            return
+        try:
+            self._db.close()
+        except sqlite3.Error:
             self._db = None
+            return
+        self._db = None
+        if not self._entries and not self._to_delete and self.problem is None:
+            self._write_marker()
+
+    # -- opening only when needed ----------------------------------------------------------------
+
+    def _nothing_to_load(self) -> bool:
+        """No database yet, or one an up-to-date marker says is empty (``high_water`` set)."""
+        if os.path.lexists(f"{self.path}-wal"):
+            return False
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # _open says what is wrong
+        try:
+            doc = read_json_object(self._marker)
+        except StateError:
+            return False
+        if doc is None or not stat.S_ISREG(st.st_mode):
+            return False
+        high_water = doc.get("high_water")
+        if (doc.get("ino"), doc.get("size"), doc.get("mtime_ns")) != (
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+        ) or not _is_sequence(high_water):
+            return False
+        assert isinstance(high_water, int)
+        self.high_water = high_water
+        return True
+
+    def _write_marker(self) -> None:
+        """After a clean close with nothing left: say so, for the next start."""
+        try:
+            st = os.lstat(self.path)
+            if os.path.lexists(f"{self.path}-wal"):
+                return
+            doc = {
+                "high_water": self.high_water,
+                "ino": st.st_ino,
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+            }
+            atomic_write(self._marker, json.dumps(doc).encode("utf-8"))
+        except OSError as exc:
+            log.warning("telemetry buffer: cannot write %s: %s", self._marker, exc)
+
+    def _awaiting_puback(self, fresh: list[tuple[str, _Entry]]) -> bool:
+        """Whether every new message is in flight and young (worth not opening for)."""
+        if self._to_delete:
+            return False
+        young = self._clock.time() - IN_FLIGHT_GRACE_S
+        return all(mid in self._in_flight and e.sampled_at >= young for mid, e in fresh)
 
     # -- internals -------------------------------------------------------------------------------
 
     def _connect(self) -> tuple[sqlite3.Connection, str]:
         """A connection in WAL mode with the schema in place; and the journal mode got."""
+        import sqlite3
+
         db = sqlite3.connect(
             self.path, timeout=0.5, isolation_level="DEFERRED", check_same_thread=False
         )
@@ -262,6 +359,15 @@ class SqliteBuffer:
 
     def _open(self) -> bool:
         """Open (or create) the database and load what it holds. False if unusable now."""
+        import sqlite3
+
+        # From here on the file may change: a marker saying it is empty no longer holds.
+        try:
+            self._marker.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return self._unusable(f"cannot remove {self._marker}: {exc}")
         try:
             self._check_file()
             db, mode = self._connect()
@@ -300,6 +406,8 @@ class SqliteBuffer:
         return True
 
     def _open_fresh(self) -> bool:
+        import sqlite3
+
         try:
             self._db, _ = self._connect()
         except (OSError, sqlite3.Error) as exc:
@@ -357,6 +465,8 @@ class SqliteBuffer:
         self._enforce_bounds()
 
     def _read(self, message_ids: list[str]) -> dict[str, TelemetryMessage]:
+        import sqlite3
+
         if self._db is None:
             return {}
         marks = ",".join("?" * len(message_ids))
@@ -409,6 +519,8 @@ class SqliteBuffer:
 
     def _failed(self, exc: sqlite3.DatabaseError) -> None:
         """A statement failed: disk trouble is retried later, corruption starts afresh."""
+        import sqlite3
+
         if _is_disk_trouble(exc):
             # The connection stays: what is committed can still be read and sent.
             why = f"{self.path}: {exc}; keeping new messages in memory and retrying"
@@ -437,6 +549,8 @@ class SqliteBuffer:
         log.error("telemetry buffer %s", self.problem)
 
     def _unusable(self, why: str) -> bool:
+        import sqlite3
+
         if why != self.problem:
             log.error("telemetry buffer unusable: %s", why)
         self.problem = why
@@ -463,6 +577,8 @@ def _is_sequence(value: object) -> bool:
 
 def _is_disk_trouble(exc: sqlite3.DatabaseError) -> bool:
     """Full, read-only or failing storage (retry later), as opposed to a corrupt file."""
+    import sqlite3
+
     code = getattr(exc, "sqlite_errorcode", None)
     trouble = {
         getattr(sqlite3, name, -1)

@@ -55,7 +55,7 @@ def test_committed_messages_survive_a_reopen_with_body_timestamp_and_sequence(
     sent = [message(n, clock) for n in (1, 2, 3)]
     for m in sent:
         buffer.append(m)
-    assert rows(path) == []  # nothing written before the commit
+    assert not path.exists()  # nothing written before the first commit, not even the file
     assert buffer.flush()
     assert rows(path) == [1, 2, 3]
     buffer.close()
@@ -108,6 +108,64 @@ def test_the_sequence_numbering_continues_after_everything_was_acknowledged(
     buffer.close()
     assert rows(path) == []
     assert open_buffer(path, clock).next_sequence == 3
+
+
+def test_a_buffer_closed_empty_is_not_opened_at_the_next_start(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "telemetry.db"
+    buffer = open_buffer(path, clock)
+    for n in (1, 2):
+        buffer.append(message(n, clock))
+    assert buffer.flush() and buffer.database_open
+    for m in buffer.take(5):
+        buffer.ack(m.message_id)
+    buffer.close()
+    assert (tmp_path / "telemetry.db.empty").exists()
+    again = open_buffer(path, clock)
+    assert not again.database_open and len(again) == 0 and again.next_sequence == 3
+    again.append(message(3, clock))  # not in flight: the next flush must write it
+    assert again.flush() and again.database_open and rows(path) == [3]
+    assert not (tmp_path / "telemetry.db.empty").exists()  # the file changes from here on
+
+
+def test_a_marker_that_no_longer_matches_the_database_is_not_trusted(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "telemetry.db"
+    buffer = open_buffer(path, clock)
+    buffer.append(message(1, clock))
+    buffer.flush()
+    buffer.ack("m1")
+    buffer.close()
+    with sqlite3.connect(path) as db:  # written by something else since
+        db.execute("INSERT INTO messages VALUES ('m9', 9, ?, '{}', x'7b7d')", (clock.time(),))
+    again = open_buffer(path, clock)
+    assert again.database_open and len(again) == 1 and again.next_sequence == 10
+    again.close()
+    (tmp_path / "telemetry.db.empty").write_text("not json")
+    assert open_buffer(path, clock).database_open  # a marker that does not parse: opened
+
+
+def test_messages_in_flight_do_not_open_the_database_until_they_are_old(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "telemetry.db"
+    buffer = open_buffer(path, clock)
+    publisher = Publisher(buffer, max_in_flight=5)
+    publisher.connect("dev")
+    buffer.append(message(1, clock))
+    assert [p.tag for p in publisher.pump()] == ["m1"]
+    assert not buffer.flush()  # m1 is in flight and young: left to its PUBACK
+    assert not buffer.database_open and not path.exists()
+    clock.advance(5.0)  # no PUBACK came in time: the next flush writes it
+    assert buffer.flush() and rows(path) == [1]
+    fresh = tmp_path / "fresh.db"
+    other = open_buffer(fresh, clock)
+    other.append(message(1, clock))
+    other.take(5)
+    other.close()  # at shutdown no PUBACK is coming: written whatever its age
+    assert rows(fresh) == [1]
 
 
 @pytest.mark.parametrize("reason", ["count", "bytes"])
