@@ -218,8 +218,6 @@ class SqliteBuffer:
         return self._flush(final=False)
 
     def _flush(self, *, final: bool) -> bool:
-        import sqlite3
-
         fresh = [(mid, e) for mid, e in self._entries.items() if e.message is not None]
         if not fresh and not self._to_delete:
             return True
@@ -227,6 +225,8 @@ class SqliteBuffer:
             return False
         if self._db is None and not self._open():
             return False
+        import sqlite3
+
         db = self._db
         assert db is not None
         high_water = max([self.high_water, *(e.sequence for _, e in fresh)])
@@ -265,11 +265,11 @@ class SqliteBuffer:
 
     def close(self) -> None:
         """Flush and close the database (marked empty if it is: see the theory above)."""
-        import sqlite3
-
         self._flush(final=True)
         if self._db is None:
             return
+        import sqlite3
+
         try:
             self._db.close()
         except sqlite3.Error:
