@@ -37,7 +37,6 @@ import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -262,6 +261,8 @@ def _run_spawned(
     config: IdentityConfig, config_path: Path, now: datetime, timeout_s: float
 ) -> tuple[bytes, int, str]:
     """``python -m agent.identity.child``: its stdout, exit code and last stderr line."""
+    import subprocess  # only when threads rule out a fork
+
     request = json.dumps(
         {
             "identity": config_to_json(config),

@@ -63,7 +63,6 @@ import logging
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -711,6 +710,8 @@ def provision_once(config: AgentConfig, *, timeout_s: float | None = None) -> As
 
 def run_enrolment_child(config: AgentConfig) -> CertificateInvalidError:
     """Run :func:`agent.identity.enroll.first_boot` in a child; the reason the device waits."""
+    import subprocess  # a first boot's only: not loaded on the others
+
     from agent.identity.tpm import tpm_environment
 
     env = tpm_environment(config.identity) if config.identity.keystore == "tpm" else None

@@ -23,7 +23,7 @@ across restarts, and a test can tell, after a kill, which sequences had been com
 Opened only when needed: ``sqlite3`` (about 2.5 MiB of RSS with its library) is not
 imported while there is nothing to read or write. A clean :meth:`close` that leaves
 the database empty writes ``telemetry.db.empty`` next to it (the ``high_water`` and
-the database file's inode, size and mtime); at the next start, a marker that still
+the database file's inode, size, mtime and ctime); at the next start, a marker that still
 matches the file, with no ``-wal`` beside it, stands for the database (nothing to
 load, numbering continues after its ``high_water``), and so does a database that does
 not exist yet. The database is then opened (and the marker removed first) by the
@@ -90,6 +90,8 @@ COLUMNS = ("message_id", "sequence", "sampled_at", "properties", "body")
 DROP_REASONS = ("count", "bytes", "age", "corrupt")
 #: Next to the database after a clean close that left it empty (see the theory above).
 EMPTY_MARKER_SUFFIX = ".empty"
+#: What the marker records of the database file (``os.stat_result`` fields, ``st_`` dropped).
+_MARKED = ("ino", "size", "mtime_ns", "ctime_ns")
 #: While the database is not open, messages in flight this young wait for their PUBACK.
 IN_FLIGHT_GRACE_S = 1.0
 
@@ -298,11 +300,9 @@ class SqliteBuffer:
         if doc is None or not stat.S_ISREG(st.st_mode):
             return False
         high_water = doc.get("high_water")
-        if (doc.get("ino"), doc.get("size"), doc.get("mtime_ns")) != (
-            st.st_ino,
-            st.st_size,
-            st.st_mtime_ns,
-        ) or not _is_sequence(high_water):
+        if [doc.get(k) for k in _MARKED] != [getattr(st, f"st_{k}") for k in _MARKED] or (
+            not _is_sequence(high_water)
+        ):
             return False
         assert isinstance(high_water, int)
         self.high_water = high_water
@@ -314,12 +314,8 @@ class SqliteBuffer:
             st = os.lstat(self.path)
             if os.path.lexists(f"{self.path}-wal"):
                 return
-            doc = {
-                "high_water": self.high_water,
-                "ino": st.st_ino,
-                "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns,
-            }
+            doc: dict[str, int] = {"high_water": self.high_water}
+            doc.update({k: getattr(st, f"st_{k}") for k in _MARKED})
             atomic_write(self._marker, json.dumps(doc).encode("utf-8"))
         except OSError as exc:
             log.warning("telemetry buffer: cannot write %s: %s", self._marker, exc)

@@ -61,6 +61,11 @@ def written(directory: Path, clock: FakeClock, count: int = 5) -> Path:
     for n in range(1, count + 1):
         buffer.append(message(n, clock))
     assert buffer.flush()
+    if count == 0:  # a buffer that never had to write makes no file: one emptied again
+        buffer.append(message(1, clock))
+        assert buffer.flush()
+        buffer.ack("m1")
+        assert buffer.flush()
     buffer.close()
     return path
 
