@@ -27,6 +27,8 @@ Two ways to make the child, the same answer:
 
 Either way a child that does not answer within ``timeout_s`` is killed and reported as
 :class:`~agent.errors.KeystoreCheckTimeoutError`, a wait (IDENTITY_WAIT), not a verdict.
+:func:`start_in_child` returns while a forked child still runs, so that the caller can
+do its own start-up meanwhile (on two cores the two overlap); ``result()`` waits.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -66,6 +68,7 @@ __all__ = [
     "identity_from_json",
     "identity_to_json",
     "load_in_child",
+    "start_in_child",
 ]
 
 #: The module the child runs (``python -m ...``).
@@ -229,25 +232,58 @@ def load_in_child(
     verdict) if it did not answer within ``timeout_s``, or a plain
     :class:`KeystoreError` if the child could not run or answered nonsense.
     """
+    pending = start_in_child(
+        config, config_path=config_path, now=now, timeout_s=timeout_s, fork=fork
+    )
+    return pending.result()
+
+
+def start_in_child(
+    config: IdentityConfig,
+    *,
+    config_path: Path,
+    now: datetime,
+    timeout_s: float = CHILD_TIMEOUT_S,
+    fork: bool | None = None,
+) -> PendingIdentity:
+    """Start the check of :func:`load_in_child`; its :meth:`~PendingIdentity.result` waits.
+
+    A forked child runs while the caller does other work (the daemon opens the HAL);
+    ``timeout_s`` counts from here. A fresh interpreter (``fork=False``, or threads
+    running) is waited for here already. Call ``result()`` exactly once.
+    """
     if fork is None:
         fork = hasattr(os, "fork") and threading.active_count() == 1
     if fork:
-        raw, code, detail = _run_forked(config, config_path, now, timeout_s)
-    else:
-        raw, code, detail = _run_spawned(config, config_path, now, timeout_s)
-    try:
-        answer = json.loads(raw.decode("utf-8"))
-        if not isinstance(answer, dict):
-            raise ValueError("not an object")
-        if "error" in answer:
-            error = error_from_json(answer["error"])
-        elif "crash" in answer:
-            raise ValueError(str(answer["crash"]))
-        else:
-            return identity_from_json(answer["identity"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise KeystoreError(f"the keystore check failed (exit {code}): {detail or exc}") from exc
-    raise error
+        return PendingIdentity(_start_forked(config, config_path, now, timeout_s))
+    done = _run_spawned(config, config_path, now, timeout_s)
+    return PendingIdentity(lambda: done)
+
+
+class PendingIdentity:
+    """A keystore check under way in a child (:func:`start_in_child`)."""
+
+    def __init__(self, collect: Callable[[], tuple[bytes, int, str]]) -> None:
+        self._collect = collect
+
+    def result(self) -> Identity:
+        """Wait for the child: the identity, or the error it reported (:func:`load_in_child`)."""
+        raw, code, detail = self._collect()
+        try:
+            answer = json.loads(raw.decode("utf-8"))
+            if not isinstance(answer, dict):
+                raise ValueError("not an object")
+            if "error" in answer:
+                error = error_from_json(answer["error"])
+            elif "crash" in answer:
+                raise ValueError(str(answer["crash"]))
+            else:
+                return identity_from_json(answer["identity"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise KeystoreError(
+                f"the keystore check failed (exit {code}): {detail or exc}"
+            ) from exc
+        raise error
 
 
 def _timed_out(timeout_s: float) -> KeystoreCheckTimeoutError:
@@ -287,10 +323,11 @@ def _run_spawned(
     return done.stdout, done.returncode, " ".join(tail)
 
 
-def _run_forked(
+def _start_forked(
     config: IdentityConfig, config_path: Path, now: datetime, timeout_s: float
-) -> tuple[bytes, int, str]:
-    """A forked child runs the check; its answer (from a pipe) and exit code."""
+) -> Callable[[], tuple[bytes, int, str]]:
+    """Fork a child that runs the check; what collects its answer (pipe) and exit code."""
+    deadline = time.monotonic() + timeout_s
     read_fd, write_fd = os.pipe()
     try:
         pid = os.fork()
@@ -302,17 +339,21 @@ def _run_forked(
         os.close(read_fd)
         _forked_child(write_fd, config, config_path, now)
     os.close(write_fd)
-    try:
-        raw = _read_until_eof(read_fd, time.monotonic() + timeout_s)
-    except TimeoutError as exc:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise _timed_out(timeout_s) from exc
-    finally:
-        os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    return raw, os.waitstatus_to_exitcode(status), ""
+
+    def collect() -> tuple[bytes, int, str]:
+        try:
+            raw = _read_until_eof(read_fd, deadline)
+        except TimeoutError as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise _timed_out(timeout_s) from exc
+        finally:
+            os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+        return raw, os.waitstatus_to_exitcode(status), ""
+
+    return collect
 
 
 def _read_until_eof(fd: int, deadline: float) -> bytes:

@@ -46,11 +46,12 @@ timer and whenever the identity files change (inode/size/mtime, polled every
 certificate has gone out of its validity window is fed to the lifecycle as
 IdentityInvalid, so an expiry while running waits instead of walking hub -> DPS -> DPS.
 The keystore's checks run in a short-lived child
-(:func:`agent.identity.child.load_in_child`), so ``cryptography`` never loads here; at
+(:func:`agent.identity.child.start_in_child`), so ``cryptography`` never loads here; at
 start the child is skipped when the identity cache in the state directory still
 matches the files, the config and the clock
 (:func:`agent.identity.cache.load_cached_identity`), and rewritten after each child
-check. IDENTITY_WAIT re-checks always run the child. A HAL that cannot open degrades to no
+check. IDENTITY_WAIT re-checks always run the child. On a boot that runs it, the HAL is
+opened and paho imported while the (forked) child works. A HAL that cannot open degrades to no
 sensors, reported in the twin and status; a state directory that cannot be written is
 logged and the agent carries on from memory; a wiring bug (an event the lifecycle
 refuses) is logged, never fatal.
@@ -98,7 +99,7 @@ from agent.errors import (
     TransportError,
 )
 from agent.identity.cache import files_signature, load_cached_identity, save_identity_cache
-from agent.identity.child import load_in_child
+from agent.identity.child import PendingIdentity, start_in_child
 from agent.identity.keystore import Identity
 from agent.runtime.executor import (
     COLLECT_TIMER,
@@ -244,23 +245,37 @@ class Daemon:
     def start(self) -> None:
         """Identity, HAL, state, lifecycle; then READY. Raises AgentError if unusable."""
         cfg = self.config
-        problem: str | None = None
+        identity: Identity | None = None
         waiting: lifecycle.IdentityInvalid | None = None
+        pending: PendingIdentity | None = None
         try:
             self._enrol_if_needed()
-            identity: Identity | None = self._load_identity(use_cache=True)
-            assert identity is not None
-            self.check_tls(identity)
+            identity, pending = self._begin_identity(use_cache=True)
         except IdentityUnavailableError as exc:
+            waiting = self._identity_unavailable(exc)
+        # A keystore check child (a cold boot) runs meanwhile, on the other core if any.
+        self.open_hardware()
+        if pending is not None:
+            from agent.runtime.transport import preload
+
+            preload()  # the first connection needs paho: load it while the child works
+            try:
+                identity = self._finish_identity(pending)
+            except IdentityUnavailableError as exc:
+                waiting = self._identity_unavailable(exc)
+        if identity is not None:
+            try:
+                self.check_tls(identity)
+            except IdentityUnavailableError as exc:
+                identity, waiting = None, self._identity_unavailable(exc)
+        problem = waiting.reason if waiting is not None else None
+        if waiting is not None:
             # Not a configuration error: wait (running) until there is a usable identity
             # (or, at first boot, until the certificate for our CSR is installed).
-            identity, waiting = None, self._identity_unavailable(exc)
-            problem = waiting.reason
             if waiting.missing:
                 log.warning("no identity yet: %s", problem)
             else:
                 log.error("identity unusable, waiting for a usable certificate: %s", problem)
-        self.open_hardware()
         store = self.actions.store = StateStore(cfg.state.directory, None, clock=self.clock)
         try:
             store.ensure_directory()
@@ -308,6 +323,16 @@ class Daemon:
 
         ``use_cache``: take the identity cache instead if it still fully holds.
         """
+        identity, pending = self._begin_identity(use_cache=use_cache)
+        if pending is not None:
+            return self._finish_identity(pending)
+        assert identity is not None
+        return identity
+
+    def _begin_identity(
+        self, *, use_cache: bool
+    ) -> tuple[Identity, None] | tuple[None, PendingIdentity]:
+        """The cached identity if it still fully holds (``use_cache``), else a child started."""
         cfg = self.config
         self._identity_files = files_signature(cfg.identity)
         now = datetime.fromtimestamp(self.clock.time(), UTC)
@@ -318,9 +343,13 @@ class Daemon:
                 log.info("identity from cache (%s): keystore check child skipped", why)
                 for warning in cached.warnings:
                     log.warning("identity: %s", warning)
-                return cached
+                return cached, None
             log.info("identity cache not used (%s): running the keystore check child", why)
-        identity = load_in_child(cfg.identity, config_path=cfg.source, now=now)
+        return None, start_in_child(cfg.identity, config_path=cfg.source, now=now)
+
+    def _finish_identity(self, pending: PendingIdentity) -> Identity:
+        """Wait for the keystore check child; its identity (cached when adopted)."""
+        identity = pending.result()
         self._identity_to_cache = identity
         for warning in identity.warnings:
             log.warning("identity: %s", warning)
@@ -381,9 +410,9 @@ class Daemon:
         if operational.cert_chain_path.exists():
             now = datetime.fromtimestamp(self.clock.time(), UTC)
             try:
-                self.actions.operational = load_in_child(
+                self.actions.operational = start_in_child(
                     operational, config_path=self.config.source, now=now
-                )
+                ).result()
             except AgentError as exc:
                 log.warning("the operational certificate cannot be used: %s", exc)
         if self.actions.operational is None:

@@ -151,6 +151,13 @@ def _defer_urllib_request() -> None:
     setattr(urllib, "request", stand_in)  # noqa: B010 - as the import system binds it
 
 
+def preload() -> None:
+    """Import paho now, as the first connection would: for a caller that is waiting anyway
+    (the daemon, while the keystore check child of a cold boot runs)."""
+    _defer_urllib_request()
+    import paho.mqtt.client  # noqa: F401
+
+
 def _keepalive_due_s(client: Client, keep_alive_s: float) -> float:
     """Seconds until paho's ``loop_misc`` has keep-alive work (>= 0; inf: never).
 

@@ -1,7 +1,7 @@
 """Warm boot: the daemon skips the keystore child when the identity files are unchanged.
 
 The real daemon against devcloud, twice over the same state directory. Whether the
-child ran is counted structurally: ``agent.runtime.daemon.load_in_child`` is wrapped by a
+child ran is counted structurally: ``agent.runtime.daemon.start_in_child`` is wrapped by a
 counter that still calls the real child.
 """
 
@@ -33,13 +33,13 @@ DEVICE_AGENT = [sys.executable, "-m", "agent"]
 def child_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every keystore child the daemon runs (the real one still runs)."""
     calls: list[str] = []
-    real: Callable[..., Any] = agent.runtime.daemon.load_in_child
+    real: Callable[..., Any] = agent.runtime.daemon.start_in_child
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls.append(str(kwargs.get("now")))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(agent.runtime.daemon, "load_in_child", counted)
+    monkeypatch.setattr(agent.runtime.daemon, "start_in_child", counted)
     return calls
 
 
