@@ -153,7 +153,12 @@ def _defer_urllib_request() -> None:
 
 def preload() -> None:
     """Import paho now, as the first connection would: for a caller that is waiting anyway
-    (the daemon, while the keystore check child of a cold boot runs)."""
+    (the daemon, while the keystore check child of a cold boot runs; a connection, while
+    the server answers its first TLS flight). Costs nothing once paho is loaded."""
+    import sys
+
+    if "paho.mqtt.client" in sys.modules:
+        return
     _defer_urllib_request()
     import paho.mqtt.client  # noqa: F401
 
@@ -493,6 +498,9 @@ class MqttTransport:
             tls_sock.do_handshake()
         except ssl.SSLWantReadError:
             self._tls_wants_write = False
+            # Waiting for the server (a round trip on a real network): the first
+            # connection imports paho now rather than after the handshake.
+            preload()
             return
         except ssl.SSLWantWriteError:
             self._tls_wants_write = True
