@@ -56,6 +56,9 @@ def _der_b64(item: str) -> str:
 class HubRenewal:
     """One ``issueCertificate`` exchange."""
 
+    #: The timer it starts and answers in :meth:`on_timer` (:data:`TIMER`).
+    timer_name = TIMER
+
     def __init__(self, device_id: str, csr: str, rid: str, *, timeout_s: float = 120.0) -> None:
         self.device_id = device_id
         self.csr = csr

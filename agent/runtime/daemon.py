@@ -75,7 +75,6 @@ from agent.config import AgentConfig
 from agent.core import lifecycle
 from agent.core.assignment import Assignment, hub_allowed
 from agent.core.clock import Clock, SystemClock, clock_unset, utc_iso
-from agent.core.credentials import TIMER as HUB_RENEWAL_TIMER
 from agent.core.telemetry import (
     MemoryQueue,
     Publisher,
@@ -522,7 +521,7 @@ class Daemon:
             actions.session_actions(actions.session.on_timer(name))
         elif name == STATUS_TIMER:
             actions.write_status()
-        elif name == HUB_RENEWAL_TIMER and actions.hub_renewal is not None:
+        elif actions.hub_renewal is not None and name == actions.hub_renewal.timer_name:
             actions.renewal_actions(actions.hub_renewal.on_timer(name))
         elif name == RENEWAL_TIMER:
             self.timers.start(RENEWAL_TIMER, self.config.identity.renew_check_s)

@@ -39,13 +39,6 @@ from agent.config import AgentConfig
 from agent.core import lifecycle, wire
 from agent.core.actions import CancelTimer, Publish, StartTimer, Subscribe
 from agent.core.clock import Clock, utc_iso
-from agent.core.credentials import (
-    RESPONSE_PREFIX,
-    CertificateIssued,
-    HubRenewal,
-    RenewalAction,
-    RenewalFailed,
-)
 from agent.core.methods import Reprovision
 from agent.core.session import HubSession, ReportedContext, SettingsChanged, sensor_infos
 from agent.core.telemetry import Publisher
@@ -64,6 +57,7 @@ from agent.store.state import StateStore
 if TYPE_CHECKING:
     from agent.core import provisioning
     from agent.core.assignment import Assignment
+    from agent.core.credentials import HubRenewal, RenewalAction
     from agent.runtime.endpoint import TransportEvent
     from agent.runtime.transport import MqttTransport
 
@@ -185,6 +179,8 @@ class Executor:
             self._route_dps(event)
             return
         if self.hub_renewal is not None:
+            from agent.core.credentials import RESPONSE_PREFIX  # loaded with the renewal
+
             match event:
                 case ev.MessageReceived(topic=topic, payload=payload) if topic.startswith(
                     RESPONSE_PREFIX
@@ -519,6 +515,8 @@ class Executor:
         except AgentError as exc:
             self._abandon_renewal(f"no CSR: {exc}")
             return
+        from agent.core.credentials import HubRenewal
+
         rid = f"renew-{int(self.clock.time() * 1000)}"
         self.hub_renewal = HubRenewal(
             assignment.device_id, csr, rid, timeout_s=self.config.lifecycle.connect_timeout_s * 4
@@ -527,6 +525,8 @@ class Executor:
 
     def renewal_actions(self, actions: Sequence[RenewalAction]) -> None:
         """Carry out what the hub renewal answered."""
+        from agent.core.credentials import CertificateIssued, RenewalFailed
+
         for action in actions:
             match action:
                 case Subscribe() | Publish():

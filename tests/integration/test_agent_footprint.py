@@ -43,6 +43,7 @@ runpy.run_module("agent", run_name="__main__", alter_sys=True)
 NOT_ON_A_WARM_BOOT = (
     "agent.core.provisioning",
     "agent.core.wire.dps",
+    "agent.core.credentials",
     "sqlite3",
     "cryptography",
     "subprocess",
