@@ -9,9 +9,12 @@ taken while offline waits for the hub (and a durable SQLite queue can later repl
 1. A :class:`SampleRound` measures every enabled sensor in two steps, the way the
    chips work: :meth:`SampleRound.start` starts all conversions at once (each
    sensor's ``start()`` says how long its conversion takes), and
-   :meth:`SampleRound.collect`, called when the runtime's timer says one is due, reads
-   the finished ones (a sensor that says it is not ready yet, with its
-   ``remaining_s``, is asked again then). So a round takes as long as its slowest
+   :meth:`SampleRound.collect`, called when the runtime's timer says so, reads the
+   finished ones (a sensor that says it is not ready yet, with its ``remaining_s``, is
+   asked again then). The timer is set for the *latest* conversion's ready time, so one
+   wakeup collects every sensor: a finished conversion holds its result in the chip
+   until it is read, so collecting the quicker ones later costs no freshness (the
+   message waits for the slowest anyway). So a round takes as long as its slowest
    conversion, not the sum, and the caller's loop is free in between; a sensor with
    only ``read()`` is read in :meth:`SampleRound.start`. One that fails is reported in
    the message's ``errors`` and the others carry on. :func:`sample` is the one-step
@@ -114,7 +117,7 @@ class SampleRound:
         self._errors: dict[str, str] = {}
 
     def start(self, now_s: float) -> float | None:
-        """Start every conversion; the wait until the first is due (None: nothing to do)."""
+        """Start every conversion; the wait until all are due (None: nothing to do)."""
         for sensor in self._sensors:
             try:
                 wait_s = float(sensor.start())
@@ -157,9 +160,10 @@ class SampleRound:
         return Sample(dict(self._readings), dict(self._errors))
 
     def _next(self, now_s: float) -> float | None:
+        """The wait until every conversion still running is ready: one collect for all."""
         if not self._due:
             return None
-        return max(0.0, min(self._due.values()) - now_s)
+        return max(0.0, max(self._due.values()) - now_s)
 
 
 def build_message(
@@ -227,6 +231,11 @@ class TelemetryQueue(Protocol):
         """The sequence number for the next message (continues a durable buffer's)."""
         ...
 
+    @property
+    def needs_flush(self) -> bool:
+        """Whether :meth:`flush` has anything to make durable now (cheap: checked often)."""
+        ...
+
     def flush(self) -> bool:
         """Make what was appended and acknowledged durable; True if nothing is left over."""
         ...
@@ -289,6 +298,11 @@ class MemoryQueue:
     def dropped_by(self) -> dict[str, int]:
         """Drops by reason (memory: only the count bound)."""
         return {"count": self.dropped}
+
+    @property
+    def needs_flush(self) -> bool:
+        """Never: nothing is made durable in memory."""
+        return False
 
     def flush(self) -> bool:
         """Nothing to make durable in memory."""

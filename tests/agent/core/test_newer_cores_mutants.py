@@ -120,16 +120,20 @@ class TwoStep:
         raise AssertionError("a round never blocks")
 
 
-def test_a_round_collects_each_sensor_when_due() -> None:
+def _round_abcd() -> tuple[SampleRound, TwoStep, TwoStep, TwoStep]:
     a = TwoStep("a", 0.5, [ConversionNotReady("a", 0.25), {"temperature_c": 1.0}])
     b = TwoStep("b", 0.0, [{"temperature_c": 2.0}])
     failing = TwoStep("c", 0.1, [], start_error=I2CError(121, 1, 0x48, "write"))
     broken = TwoStep("d", 0.1, [I2CError(5, 1, 0x49, "read 2")])
-    round_ = SampleRound([a, b, failing, broken])  # type: ignore[list-item]
-    assert round_.start(100.0) == 0.0  # b is due at once (a wait of 0 is not raised to 1 s)
-    assert round_.collect(100.0) == pytest.approx(0.1)  # b done; d next, at 100.1
-    assert round_.collect(100.1) == pytest.approx(0.4)  # d failed; a at 100.5
+    return SampleRound([a, b, failing, broken]), a, b, broken  # type: ignore[list-item]
+
+
+def test_a_round_collects_every_sensor_in_one_wakeup_at_the_latest_ready_time() -> None:
+    round_, a, b, broken = _round_abcd()
+    assert round_.start(100.0) == pytest.approx(0.5)  # a, the latest, is ready at 100.5
+    # One collection takes b and d (ready since 100.0 / 100.1) and a; a says "not ready".
     assert round_.collect(100.5) == pytest.approx(0.25)  # a not ready: again in 0.25 s
+    assert (a.collects, b.collects, broken.collects) == (1, 1, 1)
     assert not round_.done
     assert round_.collect(100.75) is None and round_.done
     result = round_.result()
@@ -139,6 +143,16 @@ def test_a_round_collects_each_sensor_when_due() -> None:
         "d": "I2CError: i2c-1 0x49: read 2 failed: EIO (Input/output error)",
     }
     assert (a.collects, b.collects, broken.collects) == (2, 1, 1)
+
+
+def test_a_round_collected_early_takes_what_is_ready_and_waits_for_the_rest() -> None:
+    round_, a, b, broken = _round_abcd()
+    round_.start(100.0)
+    assert round_.collect(100.0) == pytest.approx(0.5)  # b done; a and d still converting
+    assert round_.collect(100.1) == pytest.approx(0.4)  # d failed; a at 100.5
+    assert (a.collects, b.collects, broken.collects) == (0, 1, 1)
+    assert round_.collect(100.5) == pytest.approx(0.25)
+    assert round_.collect(100.75) is None and round_.done
 
 
 def test_a_sensor_never_ready_is_given_up_after_max_retries() -> None:
