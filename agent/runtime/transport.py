@@ -37,6 +37,16 @@ server is never silent much longer than that; once nothing at all has come in fo
 ``SILENCE_FACTOR * keep_alive_s`` the connection is given up (paho alone would wait for
 the PINGRESP another ``keep_alive_s``, twice the keep-alive in all).
 
+MQTT needs a PINGREQ only when the client sent nothing for a keep-alive period
+[MQTT-3.1.2-23]; a PUBLISH proves the link as well. paho 2.2 never notes that a packet
+went out, except a PINGREQ (its ``_packet_write`` returns before stamping
+``_last_msg_out`` once the queue is empty: eclipse-paho/paho.mqtt.python#813), so it
+pings every keep-alive however busy the connection is. :func:`_note_sent` stamps that
+time after each packet this transport has written out in full, so a device that
+publishes more often than its keep-alive sends no PINGREQ while the server answers
+(paho still pings when nothing *came in* for a keep-alive, which is what notices a
+dead path).
+
 Each :meth:`start_connect` makes a new paho client, so nothing of a lost connection
 (in-flight QoS 1 messages, packet ids) leaks into the next one: a message that got no
 :class:`PublishAcked` before :class:`ConnectionLost` is the caller's to send again.
@@ -190,6 +200,19 @@ def _keepalive_due_s(client: Client, keep_alive_s: float) -> float:
     return max(0.0, due) + _KEEPALIVE_LATE_S
 
 
+def _note_sent(client: Client) -> None:
+    """Tell paho's keep-alive that a packet went out now, if paho has written it all.
+
+    paho 2.2 forgets to (see the module docstring); its ``_last_msg_out`` is private,
+    read by :func:`_keepalive_due_s` and written here only if it exists as paho has it.
+    """
+    if client.want_write() or not isinstance(getattr(client, "_last_msg_out", None), float):
+        return
+    import paho.mqtt.client as paho_client
+
+    setattr(client, "_last_msg_out", paho_client.time_func())  # noqa: B010 - private
+
+
 class _Phase(enum.Enum):
     IDLE = "idle"
     TCP = "tcp-connecting"
@@ -320,6 +343,7 @@ class MqttTransport:
             raise TransportError(f"cannot subscribe to {topic_filter!r}: {exc}") from exc
         if rc != 0 or mid is None:
             raise TransportError(f"SUBSCRIBE {topic_filter!r} not sent (paho rc {rc})")
+        _note_sent(client)
         return int(mid)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> int:
@@ -335,6 +359,7 @@ class MqttTransport:
             raise TransportError(f"cannot publish to {topic!r}: {exc}") from exc
         if info.rc != 0:
             raise TransportError(f"PUBLISH to {topic!r} not sent (paho rc {info.rc})")
+        _note_sent(client)
         return int(info.mid)
 
     def disconnect(self) -> None:
@@ -602,15 +627,16 @@ class MqttTransport:
                 return
             wait = min(wait, limit - silent_for)
         pending = sock.pending() if hasattr(sock, "pending") else 0
-        readable, writable = self._wait(
+        readable, _ = self._wait(
             [sock], [sock] if client.want_write() else [], 0.0 if pending else wait
         )
         try:
             if sock in readable or pending:
                 self._last_inbound = self._clock()
                 client.loop_read()
-            if client.socket() is not None and (sock in writable or client.want_write()):
+            if client.socket() is not None and client.want_write():
                 client.loop_write()
+                _note_sent(client)
             if client.socket() is not None:
                 client.loop_misc()
         except Exception as exc:  # paho, ssl, websocket errors: all mean "gone"

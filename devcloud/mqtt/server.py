@@ -171,6 +171,8 @@ class MQTTConnection(asyncio.Protocol):
         self.keep_alive_s = 0
         #: Why the connection closed, once it has.
         self.close_reason: str | None = None
+        #: PINGREQs received on this connection (keep-alive traffic, for tests).
+        self.ping_requests = 0
         self._client_id = ""
         self._raw: asyncio.Transport | None = raw
         self._transport: asyncio.Transport | None = None
@@ -391,6 +393,7 @@ class MQTTConnection(asyncio.Protocol):
                     self._session.subscriptions.pop(topic_filter, None)
                 self._send(UnsubAck(packet.packet_id))
             case PingReq():
+                self.ping_requests += 1
                 self._send(PingResp())
             case Disconnect():
                 self.close("client sent DISCONNECT")

@@ -339,6 +339,40 @@ def test_keep_alive_keeps_an_idle_connection_up(
         assert poll_until(transport, first(PublishAcked)) == [PublishAcked(mid=mid)]
 
 
+def _pings(server: ServerThread, client_id: str) -> int:
+    def count() -> int:
+        connection = server.server.connection(client_id)
+        assert connection is not None, f"{client_id} is not connected"
+        return int(connection.ping_requests)
+
+    return server.call(count)
+
+
+def test_publishing_within_the_keep_alive_needs_no_pingreq(
+    server: ServerThread, device: Issued, pki: PKI
+) -> None:
+    # MQTT asks for a PINGREQ only after a keep-alive with nothing sent: a QoS 1 PUBLISH
+    # (and its PUBACK) every 0.4 s of a 1 s keep-alive is traffic enough. Without the
+    # transport's stamp paho pings once a keep-alive however busy the link is.
+    with make_transport(server, device, pki.root_path, keep_alive_s=1) as transport:
+        connect(transport)
+        for n in range(6):  # 2.4 s: more than two keep-alives
+            mid = transport.publish("devices/dev-transport/messages/events/", b"%d" % n)
+            end = time.monotonic() + 0.4
+            seen = poll_until(transport, first(PublishAcked))
+            assert seen == [PublishAcked(mid=mid)]
+            while (left := end - time.monotonic()) > 0:
+                assert transport.poll(left) == []
+        assert transport.connected
+        assert _pings(server, "dev-transport") == 0
+        # Silent from here on: a keep-alive later it pings again.
+        end = time.monotonic() + 2.0
+        while (left := end - time.monotonic()) > 0:
+            assert transport.poll(left) == []
+        assert transport.connected
+        assert _pings(server, "dev-transport") >= 1
+
+
 def test_nothing_listening(device: Issued, pki: PKI) -> None:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
