@@ -340,9 +340,11 @@ class Executor:
             return
         if state_name is None:
             # Written now: the next periodic refresh is a full period away, and may wait
-            # up to half a period more for a wakeup the loop has anyway (telemetry).
+            # up to one period more for a wakeup the loop has anyway. The period is at
+            # least the telemetry interval, so a sampling round always comes first: the
+            # refresh never wakes the loop on its own while sampling runs.
             refresh_s = self._status_refresh_s_now()
-            self.timers.start(STATUS_TIMER, refresh_s, slack_s=refresh_s / 2)
+            self.timers.start(STATUS_TIMER, refresh_s, slack_s=refresh_s)
         status = dict(self._status())
         if state_name is not None:
             status["state"] = state_name

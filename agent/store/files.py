@@ -32,11 +32,14 @@ IDENTITY_CACHE_FILE = "identity-cache.json"
 KEEP_CORRUPT_COPIES = 3
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` atomically and durably.
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically and (``durable``) durably.
 
     Something that is not a regular file in the way (a directory, a FIFO) is moved aside
     as a corrupt copy first, so a file the agent only writes does not stay unwritable.
+    ``durable=False`` skips both fsyncs: a reader still sees the old or the new file,
+    never half of one, but a power cut may lose the new one (for files that describe the
+    running process only, rewritten at every start).
     """
     directory = path.parent
     tmp = directory / f".{path.name}.tmp-{os.getpid()}"
@@ -45,7 +48,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         with contextlib.suppress(FileNotFoundError):
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 copy = set_aside(path, time.time())
@@ -55,6 +59,8 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    if not durable:
+        return
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)

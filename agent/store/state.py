@@ -261,11 +261,17 @@ class StateStore:
             self.save_budget(ReprovisionBudget(limit, 1.0))
 
     def write_status(self, status: Mapping[str, object]) -> None:
-        """Publish the daemon's live status for ``device-agent status``."""
+        """Publish the daemon's live status for ``device-agent status``.
+
+        Atomic but not fsync-ed: it describes the running process, which rewrites it at
+        start, so a power cut may cost the last refresh and nothing else, and the periodic
+        refresh neither blocks the loop on the flash nor wears it with syncs.
+        """
         self.ensure_directory()
         doc = {**status, "pid": os.getpid(), "updatedAt": utc_iso(self._clock.time())}
         atomic_write(
             self.directory / STATUS_FILE,
             json.dumps(doc, indent=2, sort_keys=True, default=str).encode("utf-8") + b"\n",
             mode=0o644,
+            durable=False,
         )
