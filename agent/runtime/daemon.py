@@ -27,10 +27,12 @@ sd_notify: READY once config, keystore and HAL are up (the agent works offline);
 WATCHDOG from the loop only, so a stuck loop stops the pings; STATUS is the
 lifecycle's description; STOPPING on shutdown.
 ``status.json`` in the state directory is rewritten on each lifecycle change, and
-refreshed (telemetry counters, errors) at most every ``max(interval, 60 s)`` in
-between -- not on every message: the state directory is on flash, and
-``device-agent status`` must find the file without the unit's environment (so it
-stays there rather than moving to ``$RUNTIME_DIRECTORY``).
+refreshed (telemetry counters, errors) once ``max(interval, 60 s)`` has passed, on the
+next wakeup the loop has anyway (a sampling round; at the latest after twice that) --
+not on every message, and atomically but without fsync (it describes the running
+process only): the state directory is on flash, and ``device-agent status`` must find
+the file without the unit's environment (so it stays there rather than moving to
+``$RUNTIME_DIRECTORY``).
 Threads: this one, plus at most gpiozero's LED blinker and button watcher.
 
 Failure policy here: a configuration problem at start is fatal (exit 78): a key
@@ -118,7 +120,8 @@ from agent.store.state import IdentityFingerprint, PersistedState, StateStore
 
 log = logging.getLogger(__name__)
 
-#: Commits the telemetry buffer (every ``buffer_commit_interval_s``).
+#: Commits the telemetry buffer, ``buffer_commit_interval_s`` after something became
+#: uncommitted; it runs only while the buffer has something to commit.
 BUFFER_TIMER = "buffer.commit"
 
 
@@ -187,6 +190,7 @@ class Daemon:
             on_event=self.actions.feed,
             transport=lambda: self.actions.transport,
             route=self.actions.route,
+            before_wait=self._arm_buffer_commit,
         )
         self._identity_files: tuple[tuple[int, int, int, int], ...] = ()
         #: Why a first boot waits (key and CSR made), once per run.
@@ -308,7 +312,6 @@ class Daemon:
         self.timers.start(SAMPLE_TIMER, 0.0)
         if cfg.identity.issuance == "dps":
             self.timers.start(RENEWAL_TIMER, cfg.identity.renew_check_s)
-        self.timers.start(BUFFER_TIMER, cfg.telemetry.buffer_commit_interval_s)
 
     def open_hardware(self) -> None:
         """Open the HAL, the sensors and GPIO (degrades, never raises)."""
@@ -527,13 +530,24 @@ class Daemon:
             self.timers.start(RENEWAL_TIMER, self.config.identity.renew_check_s)
             actions.maybe_renew()
         elif name == BUFFER_TIMER:
-            self.timers.start(BUFFER_TIMER, self.config.telemetry.buffer_commit_interval_s)
-            self.queue.flush()
+            self.queue.flush()  # a failed one leaves needs_flush set: again an interval later
         elif name == IDENTITY_FILES_TIMER and self.state is lifecycle.State.IDENTITY_WAIT:
             self.timers.start(IDENTITY_FILES_TIMER, IDENTITY_POLL_S)
             if files_signature(self.config.identity) != self._identity_files:
                 log.info("identity files changed; checking them again")
                 self._recheck_identity()
+
+    def _arm_buffer_commit(self) -> None:
+        """Before each wait: the commit timer runs while the buffer has something to commit.
+
+        A connected device whose messages are acknowledged before the next commit has
+        nothing to commit, so it never wakes up for the buffer.
+        """
+        if self.queue.needs_flush:
+            if BUFFER_TIMER not in self.timers:
+                self.timers.start(BUFFER_TIMER, self.config.telemetry.buffer_commit_interval_s)
+        elif BUFFER_TIMER in self.timers:
+            self.timers.cancel(BUFFER_TIMER)
 
     # -- telemetry ------------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ handed-in event or a transport event is the caller's (the daemon's timer handler
 the :class:`~agent.runtime.executor.Executor`). One :meth:`MainLoop.step`:
 
 1. take over events handed in from other threads or signal handlers (SIGTERM, the
-   reprovision button) through a queue, and fire due :class:`Timers`;
+   reprovision button) through a queue, and fire due :class:`Timers`; then the
+   caller's ``before_wait`` (which may start or cancel timers: work that is due only
+   while something is pending, such as the buffer's commit);
 2. ``transport.poll()`` on the one open MQTT connection (DPS *or* hub), or just wait
    on a self-pipe when there is no connection, until the next deadline: the earliest
    timer or the watchdog's next ping. The transport adds its own (the connect timeout,
@@ -144,12 +146,14 @@ class Timers:
     def pop_due(self) -> str | None:
         """The earliest timer that is due now, removed; None if none is due."""
         now = self._clock.monotonic()
-        due = [(t, name) for name, t in self._due.items() if t <= now]
-        if not due:
+        earliest: tuple[float, str] | None = None
+        for name, t in self._due.items():  # called on every wakeup: no list, no sort
+            if t <= now and (earliest is None or (t, name) < earliest):
+                earliest = (t, name)
+        if earliest is None:
             return None
-        _, name = min(due)
-        self.cancel(name)
-        return name
+        self.cancel(earliest[1])
+        return earliest[1]
 
 
 class MainLoop(Generic[E]):
@@ -165,6 +169,7 @@ class MainLoop(Generic[E]):
         on_event: Callable[[E], None],
         transport: Callable[[], MqttTransport | None],
         route: Callable[[MqttTransport, TransportEvent], None],
+        before_wait: Callable[[], None] | None = None,
     ) -> None:
         self._clock = clock
         self.timers = timers
@@ -173,6 +178,7 @@ class MainLoop(Generic[E]):
         self._on_event = on_event
         self._transport = transport
         self._route = route
+        self._before_wait = before_wait
         self._handoff: queue.SimpleQueue[E] = queue.SimpleQueue()
         # Self-pipe: a signal handler or another thread wakes an idle loop without locks.
         self._wake_r, self._wake_w = socket.socketpair()
@@ -211,6 +217,8 @@ class MainLoop(Generic[E]):
         if stopping():
             self.stats.waiting()
             return
+        if self._before_wait is not None:
+            self._before_wait()
         wait = self.wait_s(max_wait_s)
         transport = self._transport()
         self.stats.waiting()
@@ -260,6 +268,10 @@ class MainLoop(Generic[E]):
         return max(0.0, min(deadlines))
 
     def _drain_handoff(self) -> None:
+        if self._handoff.empty():
+            # Nothing handed in: no syscall. A wake byte still on its way is read by the
+            # next idle wait (one early return) or stays unread while a transport is open.
+            return
         with contextlib.suppress(OSError):
             self._wake_r.recv(4096)
         while True:

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 :class:`SqliteBuffer` implements :class:`~agent.core.telemetry.TelemetryQueue`. A
 message sampled is *appended* in memory; :meth:`SqliteBuffer.flush` (the daemon calls
-it every ``buffer_commit_interval_s``, and at shutdown) writes every message appended
+it ``buffer_commit_interval_s`` after something became uncommitted, which
+:attr:`SqliteBuffer.needs_flush` tells, and at shutdown) writes every message appended
 since the last flush and deletes every message acknowledged since, in **one**
 transaction. Once that commit returns, the message is *in the buffer*: it survives
 SIGKILL and power loss (``journal_mode=WAL``, ``synchronous=FULL``: the WAL is
@@ -127,6 +128,8 @@ class SqliteBuffer:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._in_flight: set[str] = set()
         self._to_delete: set[str] = set()
+        #: Entries appended since the last commit (their message is still in memory).
+        self._uncommitted = 0
         self._bytes = 0
         self._db: sqlite3.Connection | None = None
         self.dropped_by: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -159,12 +162,22 @@ class SqliteBuffer:
         newest = max((e.sequence for e in self._entries.values()), default=0)
         return max(self.high_water, newest) + 1
 
+    @property
+    def needs_flush(self) -> bool:
+        """Whether a :meth:`flush` has something to write: a message appended and not yet
+        acknowledged, or an acknowledgement of a committed one (O(1))."""
+        return self._uncommitted > 0 or bool(self._to_delete)
+
     def append(self, message: TelemetryMessage) -> None:
         """Add ``message`` (committed at the next :meth:`flush`); enforce the bounds."""
         size = len(message.body)
+        previous = self._entries.get(message.message_id)
+        if previous is not None and previous.message is not None:
+            self._uncommitted -= 1  # replaced below, counted again
         self._entries[message.message_id] = _Entry(
             message.sequence, message.timestamp_s, size, message
         )
+        self._uncommitted += 1
         self._bytes += size
         self._enforce_bounds()
 
@@ -199,6 +212,8 @@ class SqliteBuffer:
         self._bytes -= entry.size
         if entry.message is None:
             self._to_delete.add(message_id)
+        else:
+            self._uncommitted -= 1
         return True
 
     def release_in_flight(self) -> int:
@@ -259,6 +274,7 @@ class SqliteBuffer:
             return False
         for _, entry in fresh:
             entry.message = None
+        self._uncommitted = 0
         self._to_delete.clear()
         self.high_water = high_water
         self.commits += 1
@@ -511,6 +527,8 @@ class SqliteBuffer:
         self._bytes -= entry.size
         if entry.message is None:
             self._to_delete.add(message_id)
+        else:
+            self._uncommitted -= 1
         self.dropped_by[reason] += 1
 
     def _failed(self, exc: sqlite3.DatabaseError) -> None:

@@ -95,6 +95,40 @@ def test_a_message_leaves_only_on_puback_and_acked_before_commit_is_never_writte
     assert buffer.commits == 2  # the flush with nothing to do did not commit
 
 
+def test_needs_flush_only_while_something_waits_for_a_commit(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # The daemon runs its commit timer only while this says so: a connected device whose
+    # messages are acknowledged before the next commit never wakes up to commit.
+    buffer = open_buffer(tmp_path / "telemetry.db", clock, max_messages=2)
+    publisher = Publisher(buffer, max_in_flight=5)
+    publisher.connect("dev")
+    assert not buffer.needs_flush
+    buffer.append(message(1, clock))
+    assert buffer.needs_flush
+    (pub,) = publisher.pump()
+    publisher.sent(pub.tag or "", 1)
+    assert publisher.acked(1)
+    assert not buffer.needs_flush  # acknowledged before any commit: nothing to write
+    for n in (2, 3, 4):  # the bound drops m2, appended and never committed
+        buffer.append(message(n, clock))
+    assert buffer.needs_flush
+    assert buffer.flush() and not buffer.needs_flush
+    assert rows(tmp_path / "telemetry.db") == [3, 4]
+    publisher.sent(publisher.pump()[0].tag or "", 2)
+    assert publisher.acked(2)  # m3 was committed: its delete waits for a commit
+    assert buffer.needs_flush
+    assert buffer.flush() and not buffer.needs_flush
+    buffer.append(message(5, clock))
+    buffer.append(message(5, clock))  # the same message again counts once
+    assert buffer.flush() and not buffer.needs_flush
+    assert rows(tmp_path / "telemetry.db") == [4, 5]
+    clock.advance(3601)  # past the age bound: dropping committed ones is a delete to commit
+    assert buffer.take(5) == [] and buffer.needs_flush
+    assert buffer.flush() and not buffer.needs_flush
+    assert rows(tmp_path / "telemetry.db") == []
+
+
 def test_the_sequence_numbering_continues_after_everything_was_acknowledged(
     tmp_path: Path, clock: FakeClock
 ) -> None:
