@@ -83,9 +83,30 @@ def float_humidity_pct(cal: Calibration, adc_h: float, t_fine: float) -> float:
     return h * (1.0 - cal.dig_h1 * h / 524288.0)
 
 
+#: Newton steps :func:`_bisect` tries before it bisects.
+_NEWTON_STEPS = 6
+
+
 def _bisect(f: Callable[[int], float], target: float, low: int, high: int) -> int:
-    """The integer x in [low, high] for which the monotonic f(x) is nearest ``target``."""
-    increasing = f(high) >= f(low)
+    """The integer x in [low, high] for which the monotonic f(x) is nearest ``target``.
+
+    The compensation formulas are nearly linear, so a few Newton steps on the integers
+    usually find the bracket ``x, x + 1`` around ``target`` (about 6 evaluations instead
+    of about 24); the answer is the one bisection gives, which runs whenever they do not.
+    """
+    f_low, f_high = f(low), f(high)
+    increasing = f_high >= f_low
+    if f_high != f_low:
+        x = low + int((target - f_low) / (f_high - f_low) * (high - low))
+        for _ in range(_NEWTON_STEPS):
+            x = min(max(x, low), high - 1)
+            f_x, f_next = f(x), f(x + 1)
+            if (f_x < target) == increasing and (f_next < target) != increasing:
+                return x if abs(f_x - target) <= abs(f_next - target) else x + 1
+            if f_next == f_x:
+                break
+            step = (target - f_x) / (f_next - f_x)
+            x += int(step) if abs(step) >= 1 else (1 if step > 0 else -1)
     lo, hi = low, high
     for _ in range(40):
         if hi - lo <= 1:
