@@ -203,7 +203,8 @@ class Daemon:
         #: The sample round whose conversions are running (None between rounds).
         self._round: SampleRound | None = None
         self.started_at = self.clock.monotonic()
-        self.last_telemetry_at: str | None = None
+        #: When the last message was sampled (wall clock; None: not yet).
+        self._last_sampled_s: float | None = None
         self._stopped = threading.Event()
 
     # -- what the executor holds, read-only ----------------------------------------------------
@@ -597,7 +598,7 @@ class Daemon:
         )
         drops_before = dict(self.queue.dropped_by)
         self.queue.append(message)
-        self.last_telemetry_at = utc_iso(now)
+        self._last_sampled_s = now
         errors_changed = dict(taken.errors) != hardware.sensor_errors
         errors_changed |= self.queue.dropped_by != drops_before
         hardware.sensor_errors = dict(taken.errors)
@@ -608,6 +609,11 @@ class Daemon:
                 self.actions.session_actions(session.report())
 
     # -- status -----------------------------------------------------------------------------------
+
+    @property
+    def last_telemetry_at(self) -> str | None:
+        """When the last message was sampled (UTC ISO 8601), formatted when asked for."""
+        return None if self._last_sampled_s is None else utc_iso(self._last_sampled_s)
 
     def status(self) -> Mapping[str, object]:
         """What getStatus and status.json report."""
