@@ -502,7 +502,8 @@ class Daemon:
         return EX_OK
 
     def _stopping(self) -> bool:
-        return self.state is lifecycle.State.STOPPING
+        machine = self.actions.machine  # asked twice per wakeup: no property chain
+        return machine is not None and machine.state is lifecycle.State.STOPPING
 
     def _on_timer(self, name: str) -> None:
         """What each named timer means."""

@@ -32,6 +32,7 @@ their histogram and maximum are in ``status.json``.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import queue
@@ -82,12 +83,8 @@ class LoopStats:
     def record(self, stall_s: float) -> None:
         """Count one stall of ``stall_s`` seconds."""
         self.max_stall_s = max(self.max_stall_s, stall_s)
-        stall_ms = stall_s * 1000
-        for index, bound in enumerate(STALL_BUCKETS_MS):
-            if stall_ms < bound:
-                self.counts[index] += 1
-                return
-        self.counts[-1] += 1
+        # The first bucket whose bound exceeds the stall (the open one past the last).
+        self.counts[bisect.bisect_right(STALL_BUCKETS_MS, stall_s * 1000)] += 1
 
     def as_json(self) -> dict[str, object]:
         """For ``status.json``: wakeups, the longest stall, the histogram (``"<5"``: ms)."""
