@@ -8,6 +8,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.core.backoff import Backoff, BackoffPolicy, full_jitter
 from agent.core.budget import CLOCK_SLACK_S, ReprovisionBudget
@@ -24,6 +26,25 @@ from agent.core.lifecycle import TABLE, State, render_dot, render_mermaid
 def test_utc_iso_has_milliseconds_and_a_z() -> None:
     assert utc_iso(0) == "1970-01-01T00:00:00.000Z"
     assert utc_iso(1_767_225_845.6789) == "2026-01-01T00:04:05.678Z"
+
+
+def _iso_by_datetime(epoch_s: float) -> str:
+    stamp = datetime.fromtimestamp(epoch_s, tz=UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@given(st.floats(min_value=-1e10, max_value=1e11, allow_nan=False))
+def test_utc_iso_is_datetimes_stamp_for_any_time(epoch_s: float) -> None:
+    # The fast path (1970-2100) rounds microseconds half to even as datetime does.
+    assert utc_iso(epoch_s) == _iso_by_datetime(epoch_s)
+
+
+@pytest.mark.parametrize(
+    "epoch_s",
+    [0.0000005, 0.0000015, 0.0009995, 0.9999995, 0.9999994, 59.9999996, 4_102_444_799.9999996],
+)
+def test_utc_iso_rounds_microseconds_as_datetime_does(epoch_s: float) -> None:
+    assert utc_iso(epoch_s) == _iso_by_datetime(epoch_s)
 
 
 def test_the_system_clock_reads_the_real_clocks() -> None:
