@@ -200,6 +200,30 @@ def _keepalive_due_s(client: Client, keep_alive_s: float) -> float:
     return max(0.0, due) + _KEEPALIVE_LATE_S
 
 
+def _keepalive_work_now(client: Client, keep_alive_s: float) -> bool:
+    """Whether paho's ``loop_misc`` may have something to do now (else it is skipped).
+
+    It pings once nothing was sent or nothing received for ``keep_alive_s``, and closes
+    when a PINGREQ's answer is that late; from its private timestamps (if this paho lacks
+    them: always).
+    """
+    ping_t = getattr(client, "_ping_t", None)
+    last_out = getattr(client, "_last_msg_out", None)
+    last_in = getattr(client, "_last_bytes_received", None)
+    if (
+        keep_alive_s <= 0
+        or not isinstance(ping_t, int | float)
+        or not isinstance(last_out, float)
+        or not isinstance(last_in, float)
+    ):
+        return True
+    if ping_t:
+        return True  # a PINGREQ awaits its PINGRESP
+    import paho.mqtt.client as paho_client
+
+    return paho_client.time_func() - min(last_out, last_in) >= keep_alive_s
+
+
 def _note_sent(client: Client) -> None:
     """Tell paho's keep-alive that a packet went out now, if paho has written it all.
 
@@ -637,7 +661,9 @@ class MqttTransport:
             if client.socket() is not None and client.want_write():
                 client.loop_write()
                 _note_sent(client)
-            if client.socket() is not None:
+            if client.socket() is not None and _keepalive_work_now(
+                client, self.endpoint.keep_alive_s
+            ):
                 client.loop_misc()
         except Exception as exc:  # paho, ssl, websocket errors: all mean "gone"
             log.debug("connection to %s failed", self.endpoint, exc_info=True)

@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.runtime.loop import STALL_BUCKETS_MS, LoopStats, MainLoop, Timers
 from agent.runtime.sdnotify import Notifier
-from agent.runtime.transport import _keepalive_due_s
+from agent.runtime.transport import _keepalive_due_s, _keepalive_work_now
 from tests.support.fakeclock import FakeClock
 
 
@@ -137,3 +137,21 @@ def test_keep_alive_work_is_due_a_keep_alive_after_the_last_traffic() -> None:
     client._last_msg_out = now - 70.0  # overdue: at once
     assert _keepalive_due_s(client, 60) == pytest.approx(0.0, abs=0.01)
     assert _keepalive_due_s(client, 0) == float("inf")
+
+
+def test_paho_loop_misc_runs_only_when_keep_alive_work_may_be_due() -> None:
+    client = paho_client.Client(CallbackAPIVersion.VERSION2, client_id="k")
+    now = paho_client.time_func()
+    client._last_msg_out = now - 50.0
+    client._last_bytes_received = now - 20.0
+    client._ping_t = 0.0
+    assert not _keepalive_work_now(client, 60)  # 10 s to go
+    client._last_bytes_received = now - 60.5  # nothing in for a keep-alive: ping
+    assert _keepalive_work_now(client, 60)
+    client._last_bytes_received = now - 1.0
+    client._ping_t = now - 1.0  # a PINGREQ waits for its answer: paho may close
+    assert _keepalive_work_now(client, 60)
+    client._ping_t = 0.0
+    assert _keepalive_work_now(client, 0)
+    del client._last_msg_out  # a paho without the timestamps: always
+    assert _keepalive_work_now(client, 60)
