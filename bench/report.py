@@ -330,6 +330,13 @@ def _times(value: float | None, factor: float) -> float | None:
     return None if value is None else value * factor
 
 
+#: Why a warm boot is above its goals (the findings in bench/RESULTS.md measure it).
+WARM_BOOT_REASON = (
+    "CPU at import and start beyond the floor, about half of it creating the agent's frozen"
+    " dataclasses (one exec per generated method on Python 3.11) and its module bodies"
+)
+
+
 def goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every goal of issue #11, measured against its target (met, not met, None: not run)."""
     rows = summarize(results)
@@ -345,12 +352,14 @@ def goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     warm = agent("warm boot: start")
     out = [
         _goal("warm boot ≤ 1.5 x floor", "1.5 x floor (1 connection)", warm,
-              _times(floor1, 1.5), unit="s"),
+              _times(floor1, 1.5), unit="s", reason=WARM_BOOT_REASON),
         _goal("warm boot ≤ 0.5 x SDK", "0.5 x SDK warm boot", warm,
-              _times(sdk("warm boot: start"), 0.5), unit="s"),
+              _times(sdk("warm boot: start"), 0.5), unit="s", reason=WARM_BOOT_REASON),
         _goal("cold-boot client overhead ≤ 0.5 x SDK's", "0.5 x SDK's overhead",
               agent("cold boot: client overhead"),
-              _times(sdk("cold boot: client overhead"), 0.5), unit="s"),
+              _times(sdk("cold boot: client overhead"), 0.5), unit="s",
+              reason="the warm boot's import cost, plus the keystore check child's import"
+              " of cryptography, which the DPS connection waits for"),
         _goal("reprovision ≤ 1 s beyond the minimum backoff",
               f"{MIN_BACKOFF_S:g} s (lifecycle.backoff_base_s) + 1 s",
               agent("reprovision: method"), MIN_BACKOFF_S + 1.0, unit="s"),
@@ -360,9 +369,13 @@ def goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
               _times(sdk("idle: CPU"), 0.5), unit="s/min"),
         _goal("CPU per 1,000 messages ≤ 0.5 x SDK", "0.5 x SDK",
               agent("CPU per 1,000 messages"), _times(sdk("CPU per 1,000 messages"), 0.5),
-              unit="s"),
+              unit="s",
+              reason="three wakeups per message (start conversions, collect, PUBACK), paho"
+              " and TLS, and the simulated sensors, which both clients pay"),
         _goal("RSS ≤ 0.65 x SDK", "0.65 x SDK steady RSS", agent("steady state: RSS"),
-              _times(sdk("steady state: RSS"), 0.65), unit="MiB"),
+              _times(sdk("steady state: RSS"), 0.65), unit="MiB",
+              reason="the interpreter, ssl and paho alone take most of it: see the memory"
+              " breakdown (bench/memory.py)"),
         _goal("threads ≤ 3", "3", agent("steady state: threads"), 3.0),
         _goal("loop stall ≤ 20 ms", "20 ms (sampling at a short interval)",
               agent("loop: longest stall"), 20.0, unit="ms"),
@@ -415,12 +428,19 @@ def _storm_goals(results: Mapping[str, Any]) -> list[dict[str, Any]]:
         out.append(
             _goal(f"storm {label}: all connected ≤ 1.2 x N/R", f"1.2 x {n}/{rate:g} s",
                   mine["all_connected_s"], limit, unit="s",
-                  reason="see the storm notes: start-up CPU of N processes on 2 cores")
+                  reason="N/R after the first request arrives, which waits for the start-up"
+                  " CPU of N processes on this machine's cores")
         )  # fmt: skip
         theirs = sdk.get(phase, {}).get("all_connected_s")
+        behind = (
+            f"{mine['all_connected_s'] - theirs:.1f} s behind: both follow the throttle once"
+            " the first request is in, so the difference is start-up CPU"
+            if mine["all_connected_s"] is not None and theirs is not None
+            else ""
+        )
         out.append(
             _goal(f"storm {label}: no slower than the SDK", "SDK's all-connected time",
-                  mine["all_connected_s"], theirs, unit="s")
+                  mine["all_connected_s"], theirs, unit="s", reason=behind)
         )  # fmt: skip
     return out
 
