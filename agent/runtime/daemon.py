@@ -100,7 +100,7 @@ from agent.errors import (
     TransportError,
 )
 from agent.identity.cache import files_signature, load_cached_identity, save_identity_cache
-from agent.identity.child import PendingIdentity, start_in_child
+from agent.identity.child import PendingIdentity, load_in_child, start_in_child
 from agent.identity.keystore import Identity
 from agent.runtime.executor import (
     COLLECT_TIMER,
@@ -413,9 +413,9 @@ class Daemon:
         if operational.cert_chain_path.exists():
             now = datetime.fromtimestamp(self.clock.time(), UTC)
             try:
-                self.actions.operational = start_in_child(
+                self.actions.operational = load_in_child(
                     operational, config_path=self.config.source, now=now
-                ).result()
+                )
             except AgentError as exc:
                 log.warning("the operational certificate cannot be used: %s", exc)
         if self.actions.operational is None:
